@@ -1,0 +1,199 @@
+"""Cross-field checks of a resolved config, each returning a readable problem."""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from clipjax.data.decode import parse_keys
+from clipjax.data.tokenizers import build_tokenizer
+from clipjax.evaluate.runner import EVAL_KINDS, EVAL_SOURCES
+from clipjax.losses.contrastive import KINDS, STRATEGIES
+from clipjax.models import MODELS
+from clipjax.models.layers import ACTIVATIONS, dtype_of
+from clipjax.models.vit import POOLS
+from clipjax.parallel import resolve_mesh_shape, rules_table
+from clipjax.train.optim import OPTIMIZERS, SCHEDULES
+
+DATA_SOURCES = ("digits", "shards")
+
+# Fields the trainer does arithmetic with; a config file may not give them other types.
+FIELD_TYPES = {
+    "seed": int,
+    "train.steps": int,
+    "train.batch_size": int,
+    "train.log_every": int,
+    "optim.lr": float,
+    "optim.warmup_steps": int,
+    "optim.weight_decay": float,
+    "optim.clip_norm": float,
+    "data.image_size": int,
+    "data.shuffle_buffer": int,
+    "model.embed_dim": int,
+    "model.temperature_init": float,
+    **{
+        f"model.{tower}.{field}": int
+        for tower in ("image", "text")
+        for field in ("width", "depth", "heads")
+    },
+    "model.image.patch_size": int,
+    "model.text.vocab_size": int,
+    "model.text.context_length": int,
+    "tokenizer.context_length": int,
+}
+
+
+def _types(c, problems: list[str]) -> bool:
+    """True when every field in FIELD_TYPES has its type (ints pass for floats)."""
+    ok = True
+    for path, expected in FIELD_TYPES.items():
+        value = c
+        for name in path.split("."):
+            value = value.get(name) if hasattr(value, "get") else None
+        allowed = (int, float) if expected is float else (expected,)
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            problems.append(
+                f"{path}={value!r} has type {type(value).__name__}, expected {expected.__name__}"
+            )
+            ok = False
+    return ok
+
+
+def _attempt(problems: list[str], check, *args):
+    """Runs `check(*args)`; a ValueError becomes a problem and the result None."""
+    try:
+        return check(*args)
+    except ValueError as exc:
+        problems.append(str(exc))
+        return None
+
+
+def _choice(problems: list[str], field: str, value, allowed) -> None:
+    if value not in allowed:
+        problems.append(f"{field}={value!r} is not one of {tuple(allowed)}")
+
+
+def _positive(problems: list[str], field: str, value) -> None:
+    if not value > 0:
+        problems.append(f"{field}={value!r} must be positive")
+
+
+def _mesh_and_batch(c, num_devices: int, num_processes: int, problems: list[str]) -> None:
+    sizes = _attempt(problems, resolve_mesh_shape, c.mesh, num_devices)
+    rules = _attempt(problems, rules_table, c.sharding_rules)
+    if sizes is None or rules is None:
+        return
+    batch_axes = rules.get("batch")
+    names = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
+    data_parallel = math.prod(sizes[a] for a in names)
+    batches = [("train.batch_size", c.train.batch_size)]
+    batches += [(f"evals.{n}.batch_size", e.batch_size) for n, e in c.evals.items()]
+    for field, size in batches:
+        if size % data_parallel:
+            problems.append(
+                f"{field}={size} is not divisible by the data-parallel size {data_parallel} "
+                f"(mesh {sizes}, batch sharded over {names})"
+            )
+        elif size % num_processes:
+            problems.append(f"{field}={size} is not divisible by {num_processes} processes")
+
+
+def _model(c, problems: list[str]) -> None:
+    m = c.model
+    _choice(problems, "model.name", m.name, MODELS)
+    for field in ("dtype", "param_dtype"):
+        _attempt(problems, dtype_of, m[field])
+    for tower in ("image", "text"):
+        t = m[tower]
+        if t.width % t.heads:
+            problems.append(f"model.{tower}.width={t.width} is not divisible by heads={t.heads}")
+        _choice(problems, f"model.{tower}.act", t.act, ACTIVATIONS)
+    _choice(problems, "model.image.pool", m.image.pool, POOLS)
+    if m.image.image_size % m.image.patch_size:
+        problems.append(
+            f"model.image.image_size={m.image.image_size} is not divisible by "
+            f"patch_size={m.image.patch_size}"
+        )
+    if m.image.image_size != c.data.image_size:
+        problems.append(
+            f"model.image.image_size={m.image.image_size} differs from "
+            f"data.image_size={c.data.image_size}"
+        )
+    if not 0 < m.temperature_init <= 1:
+        problems.append(f"model.temperature_init={m.temperature_init} must be in (0, 1]")
+
+
+def _text(c, problems: list[str]) -> None:
+    tokenizer = _attempt(problems, build_tokenizer, c.tokenizer)
+    if tokenizer is None:
+        return
+    if tokenizer.vocab_size > c.model.text.vocab_size:
+        problems.append(
+            f"model.text.vocab_size={c.model.text.vocab_size} is smaller than the "
+            f"{c.tokenizer.kind!r} tokenizer's {tokenizer.vocab_size} ids"
+        )
+    if c.tokenizer.context_length != c.model.text.context_length:
+        problems.append(
+            f"tokenizer.context_length={c.tokenizer.context_length} differs from "
+            f"model.text.context_length={c.model.text.context_length}"
+        )
+
+
+def _data(c, problems: list[str]) -> None:
+    _choice(problems, "data.source", c.data.source, DATA_SOURCES)
+    if c.data.source == "shards" and not c.data.train_shards:
+        problems.append("data.source='shards' needs data.train_shards (a brace spec of tar files)")
+    _attempt(problems, parse_keys, c.data.image_key)
+    if c.data.text_key.split(".")[0] not in ("txt", "json"):
+        problems.append(f"data.text_key={c.data.text_key!r}; expected 'txt' or 'json.<field>'")
+    low, high = c.data.crop_scale
+    if not 0 < low <= high <= 1:
+        problems.append(
+            f"data.crop_scale={tuple(c.data.crop_scale)} must satisfy 0 < lo <= hi <= 1"
+        )
+    if len(c.data.mean) != 3 or len(c.data.std) != 3 or min(c.data.std) <= 0:
+        problems.append("data.mean and data.std need 3 values each, std positive")
+
+
+def _optim_and_train(c, problems: list[str]) -> None:
+    o = c.optim
+    _choice(problems, "optim.name", o.name, OPTIMIZERS)
+    _choice(problems, "optim.schedule", o.schedule, SCHEDULES)
+    _positive(problems, "optim.lr", o.lr)
+    _positive(problems, "train.steps", c.train.steps)
+    _positive(problems, "train.batch_size", c.train.batch_size)
+    _positive(problems, "train.log_every", c.train.log_every)
+    if o.warmup_steps < 0 or o.warmup_steps >= c.train.steps:
+        problems.append(
+            f"optim.warmup_steps={o.warmup_steps} must be in [0, train.steps={c.train.steps})"
+        )
+    if o.schedule == "constant_cooldown" and o.warmup_steps + o.cooldown_steps > c.train.steps:
+        problems.append("optim.warmup_steps + optim.cooldown_steps exceed train.steps")
+    _choice(problems, "loss.kind", c.loss.kind, KINDS)
+    _choice(problems, "loss.strategy", c.loss.strategy, STRATEGIES)
+
+
+def _evals(c, problems: list[str]) -> None:
+    for name, e in c.evals.items():
+        if not isinstance(e, ml_collections.ConfigDict):
+            problems.append(f"evals.{name} must be a group of fields (kind, source, ...)")
+            continue
+        _choice(problems, f"evals.{name}.kind", e.kind, EVAL_KINDS)
+        _choice(problems, f"evals.{name}.source", e.source, EVAL_SOURCES)
+        if e.source == "clip_benchmark" and not e.dataset_dir:
+            problems.append(f"evals.{name}.source='clip_benchmark' needs evals.{name}.dataset_dir")
+        if e.every < 0:
+            problems.append(f"evals.{name}.every={e.every} must be >= 0 (0: at the end only)")
+
+
+def config_problems(
+    c: ml_collections.ConfigDict, num_devices: int, num_processes: int
+) -> list[str]:
+    problems: list[str] = []
+    if not _types(c, problems):
+        return problems  # the checks below do arithmetic on these fields
+    for check in (_model, _text, _data, _optim_and_train, _evals):
+        check(c, problems)
+    _mesh_and_batch(c, num_devices, num_processes, problems)
+    return problems
