@@ -1,0 +1,139 @@
+"""Safe decoding of webdataset members and image transforms.
+
+Only allow-listed extensions are ever decoded; nothing is unpickled, whatever
+a member's name says. Images are opened with a pixel-count limit so a
+decompression bomb is rejected instead of exhausting memory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+TEXT_EXTENSIONS = ("txt",)
+ALLOWED_EXTENSIONS = frozenset((*IMAGE_EXTENSIONS, *TEXT_EXTENSIONS, "json", "cls"))
+
+
+class BadSample(ValueError):
+    """A sample that cannot be used: missing member, undecodable image, bad text."""
+
+
+def parse_keys(spec: str) -> tuple[str, ...]:
+    """`"png;jpg"` -> ("png", "jpg"), checked against the allow-list."""
+    keys = tuple(k.strip().lower() for k in spec.split(";") if k.strip())
+    for key in keys:
+        ext = key.split(".")[0]
+        if ext not in ALLOWED_EXTENSIONS:
+            raise ValueError(f"key {key!r} is not decodable; allowed: {sorted(ALLOWED_EXTENSIONS)}")
+    if not keys:
+        raise ValueError(f"empty key spec {spec!r}")
+    return keys
+
+
+def _first(sample: dict, keys: Sequence[str]) -> tuple[str, bytes]:
+    for key in keys:
+        if key in sample:
+            return key, sample[key]
+    raise BadSample(f"sample {sample.get('__key__')!r} has none of the members {list(keys)}")
+
+
+def load_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decodes image bytes to RGB, refusing more than `max_pixels` pixels."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise BadSample(f"image of {width}x{height} pixels exceeds max_pixels={max_pixels}")
+        return image.convert("RGB")
+    except BadSample:
+        raise
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise BadSample(f"undecodable image: {exc}") from exc
+
+
+def read_image(sample: dict, keys: Sequence[str], max_pixels: int) -> Image.Image:
+    _, data = _first(sample, keys)
+    return load_image(data, max_pixels)
+
+
+def read_text(sample: dict, key: str) -> str:
+    """`key` is `txt` or `json.field` (a caption stored inside the JSON member)."""
+    ext, _, field = key.partition(".")
+    _, data = _first(sample, (ext,))
+    try:
+        value = json.loads(data)[field or "caption"] if ext == "json" else data.decode("utf-8")
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise BadSample(
+            f"sample {sample.get('__key__')!r}: unreadable text {key!r}: {exc}"
+        ) from exc
+    if not isinstance(value, str) or not value.strip():
+        raise BadSample(f"sample {sample.get('__key__')!r} has an empty caption")
+    return value
+
+
+def read_label(sample: dict) -> int:
+    _, data = _first(sample, ("cls",))
+    try:
+        return int(data.decode("utf-8").strip())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadSample(f"sample {sample.get('__key__')!r}: bad .cls label {data[:20]!r}") from exc
+
+
+class ImageTransform:
+    """PIL image -> normalised float32 HWC array.
+
+    Training uses a random resized crop (area fraction in `crop_scale`, aspect
+    ratio in [3/4, 4/3]); evaluation resizes the short side and center-crops.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        train: bool,
+        crop_scale: Sequence[float] = (1.0, 1.0),
+    ):
+        self.size = size
+        self.mean = np.asarray(mean, np.float32) * 255.0
+        self.inv_std = 1.0 / (np.asarray(std, np.float32) * 255.0)
+        self.train = train
+        self.crop_scale = tuple(crop_scale)
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
+        if self.train and self.crop_scale != (1.0, 1.0):
+            image = image.crop(self._random_box(image.size, rng))
+            image = image.resize((self.size, self.size), Image.BICUBIC)
+        else:
+            image = self._resize_center_crop(image)
+        return (np.asarray(image, np.float32) - self.mean) * self.inv_std
+
+    def _random_box(self, size: tuple[int, int], rng: np.random.Generator) -> tuple:
+        width, height = size
+        area = width * height
+        for _ in range(10):
+            target = area * rng.uniform(*self.crop_scale)
+            ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+            w = round(np.sqrt(target * ratio))
+            h = round(np.sqrt(target / ratio))
+            if 0 < w <= width and 0 < h <= height:
+                left = int(rng.integers(0, width - w + 1))
+                top = int(rng.integers(0, height - h + 1))
+                return (left, top, left + w, top + h)
+        return (0, 0, width, height)
+
+    def _resize_center_crop(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        if (width, height) != (self.size, self.size):
+            scale = self.size / min(width, height)
+            new = (max(self.size, round(width * scale)), max(self.size, round(height * scale)))
+            image = image.resize(new, Image.BICUBIC)
+            left = (new[0] - self.size) // 2
+            top = (new[1] - self.size) // 2
+            image = image.crop((left, top, left + self.size, top + self.size))
+        return image
