@@ -1,0 +1,5 @@
+"""Contrastive losses."""
+
+from clipjax.losses.contrastive import contrastive_loss
+
+__all__ = ["contrastive_loss"]

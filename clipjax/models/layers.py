@@ -1,0 +1,173 @@
+"""Transformer building blocks with logical axis names on every parameter."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Names = tuple[str | None, ...]
+
+
+def init(initializer, names: Names):
+    """An initializer whose parameters carry logical axis `names`."""
+    return nnx.with_partitioning(initializer, names)
+
+
+def param(rngs: nnx.Rngs, initializer, shape: Sequence[int], names: Names, dtype) -> nnx.Param:
+    return nnx.Param(init(initializer, names)(rngs.params(), tuple(shape), dtype))
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": quick_gelu,
+    "relu": jax.nn.relu,
+}
+
+ZEROS = nnx.initializers.zeros_init()
+ONES = nnx.initializers.ones_init()
+
+
+def layer_norm(width: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(
+        width,
+        epsilon=1e-5,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+        scale_init=init(ONES, ("embed",)),
+        bias_init=init(ZEROS, ("embed",)),
+    )
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention; kernels are `(embed, heads, kv)` and `(heads, kv, embed)`."""
+
+    def __init__(self, width: int, heads: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        head_dim = width // heads
+        xavier = nnx.initializers.xavier_uniform()  # LinearGeneral inits the flattened 2-D kernel
+
+        def projection() -> nnx.LinearGeneral:
+            return nnx.LinearGeneral(
+                width,
+                (heads, head_dim),
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=rngs,
+                kernel_init=init(xavier, ("embed", "heads", "kv")),
+                bias_init=init(ZEROS, ("heads", "kv")),
+            )
+
+        self.query, self.key, self.value = projection(), projection(), projection()
+        self.out = nnx.LinearGeneral(
+            (heads, head_dim),
+            width,
+            axis=(-2, -1),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+            kernel_init=init(xavier, ("heads", "kv", "embed")),
+            bias_init=init(ZEROS, ("embed",)),
+        )
+
+    def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        return self.out(jax.nn.dot_product_attention(q, k, v, is_causal=causal))
+
+
+class Mlp(nnx.Module):
+    def __init__(self, width: int, hidden: int, act: str, *, dtype, param_dtype, rngs: nnx.Rngs):
+        if act not in ACTIVATIONS:
+            raise ValueError(
+                f"activation {act!r} is unknown; expected one of {sorted(ACTIVATIONS)}"
+            )
+        kernel = nnx.initializers.xavier_uniform()
+        self.act = ACTIVATIONS[act]
+        self.fc1 = nnx.Linear(
+            width,
+            hidden,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+            kernel_init=init(kernel, ("embed", "mlp")),
+            bias_init=init(ZEROS, ("mlp",)),
+        )
+        self.fc2 = nnx.Linear(
+            hidden,
+            width,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+            kernel_init=init(kernel, ("mlp", "embed")),
+            bias_init=init(ZEROS, ("embed",)),
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nnx.Module):
+    """Pre-LayerNorm transformer block."""
+
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        mlp_ratio: float,
+        act: str,
+        *,
+        dtype,
+        param_dtype,
+        rngs: nnx.Rngs,
+    ):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.ln_1 = layer_norm(width, **kw)
+        self.attn = Attention(width, heads, **kw)
+        self.ln_2 = layer_norm(width, **kw)
+        self.mlp = Mlp(width, int(width * mlp_ratio), act, **kw)
+
+    def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
+        x = x + self.attn(self.ln_1(x), causal=causal)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nnx.Module):
+    def __init__(
+        self,
+        width: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float,
+        act: str,
+        *,
+        dtype,
+        param_dtype,
+        rngs: nnx.Rngs,
+    ):
+        self.blocks = nnx.List(
+            [
+                Block(width, heads, mlp_ratio, act, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                for _ in range(depth)
+            ]
+        )
+
+    def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
+        for block in self.blocks:
+            x = block(x, causal=causal)
+        return x
+
+
+def dtype_of(name: str) -> jnp.dtype:
+    try:
+        return jnp.dtype(name)
+    except TypeError as exc:
+        raise ValueError(f"unknown dtype {name!r}; expected e.g. 'float32' or 'bfloat16'") from exc

@@ -1,0 +1,51 @@
+"""Causal text transformer (CLIP's text tower), pooled at the end-of-text token."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from clipjax.models.layers import Transformer, init, layer_norm, param
+
+
+class TextTransformer(nnx.Module):
+    """Token + position embedding, causal encoder, final LN, EOT pooling, projection.
+
+    As in CLIP, the end-of-text token has the largest id in the vocabulary, so
+    its position is the argmax of the token ids.
+    """
+
+    def __init__(self, cfg, embed_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        width = cfg.width
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.token_embed = nnx.Embed(
+            cfg.vocab_size,
+            width,
+            embedding_init=init(nnx.initializers.normal(0.02), ("vocab", "embed")),
+            **kw,
+        )
+        self.pos_embed = param(
+            rngs,
+            nnx.initializers.normal(0.01),
+            (cfg.context_length, width),
+            (None, "embed"),
+            param_dtype,
+        )
+        self.encoder = Transformer(width, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.act, **kw)
+        self.ln_final = layer_norm(width, **kw)
+        self.proj = nnx.Linear(
+            width,
+            embed_dim,
+            use_bias=False,
+            **kw,
+            kernel_init=init(nnx.initializers.normal(width**-0.5), ("embed", None)),
+        )
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        x = self.token_embed(tokens)
+        x = x + self.pos_embed[...][: tokens.shape[1]].astype(x.dtype)
+        x = self.ln_final(self.encoder(x, causal=True))
+        eot = jnp.argmax(tokens, axis=-1)
+        pooled = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
+        return self.proj(pooled)

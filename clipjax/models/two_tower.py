@@ -1,0 +1,41 @@
+"""Dual encoder: an image tower and a text tower with a learned temperature."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from clipjax.models.layers import dtype_of, param
+from clipjax.models.text import TextTransformer
+from clipjax.models.vit import VisionTransformer
+
+# The log-scale is clamped to [0, ln 100] after each update (see train.step).
+MAX_LOG_SCALE = math.log(100.0)
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+class TwoTower(nnx.Module):
+    """CLIP-style model; `__call__` returns L2-normalised float32 embeddings."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype), rngs=rngs)
+        self.image = VisionTransformer(cfg.image, cfg.embed_dim, **kw)
+        self.text = TextTransformer(cfg.text, cfg.embed_dim, **kw)
+        log_scale = math.log(1.0 / cfg.temperature_init)
+        self.logit_scale = param(rngs, nnx.initializers.constant(log_scale), (), (), jnp.float32)
+
+    def encode_image(self, images: jax.Array) -> jax.Array:
+        return l2_normalize(self.image(images))
+
+    def encode_text(self, tokens: jax.Array) -> jax.Array:
+        return l2_normalize(self.text(tokens))
+
+    def __call__(self, images: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return self.encode_image(images), self.encode_text(tokens)

@@ -1,0 +1,124 @@
+"""Device mesh from the config, logical-axis rules, and batch placement.
+
+Mesh axes are `data`, `fsdp` and `tensor`. Parameters carry logical axis
+names (`embed`, `mlp`, `heads`, ...); the config's `sharding_rules` maps each
+logical name to a mesh axis (or a tuple of them, or None for replicated).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+MeshAxes = str | tuple[str, ...] | None
+
+
+def resolve_mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> dict[str, int]:
+    """Fills in the one `-1` axis; raises if the shape does not use every device exactly."""
+    sizes = {axis: int(mesh_config[axis]) for axis in MESH_AXES}
+    wildcard = [axis for axis, size in sizes.items() if size == -1]
+    bad = [f"{a}={s}" for a, s in sizes.items() if s == 0 or s < -1]
+    if bad or len(wildcard) > 1:
+        raise ValueError(
+            f"mesh {sizes} is invalid: each axis must be a positive size, and at most one -1"
+        )
+    known = math.prod(size for size in sizes.values() if size != -1)
+    if wildcard:
+        if num_devices % known:
+            raise ValueError(
+                f"mesh {sizes} does not fit {num_devices} devices: the fixed axes multiply "
+                f"to {known}, which does not divide {num_devices}"
+            )
+        sizes[wildcard[0]] = num_devices // known
+    elif known != num_devices:
+        raise ValueError(
+            f"mesh {sizes} has {known} devices but {num_devices} are available; "
+            "set one axis to -1 to use them all"
+        )
+    return sizes
+
+
+def build_mesh(mesh_config: Mapping[str, int], devices: Sequence | None = None) -> Mesh:
+    """A `data x fsdp x tensor` mesh over `devices` (default: all devices)."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = resolve_mesh_shape(mesh_config, len(devices))
+    shape = tuple(sizes[axis] for axis in MESH_AXES)
+    auto = (AxisType.Auto,) * len(MESH_AXES)
+    if len(devices) == len(jax.devices()):  # let JAX order devices for the topology
+        return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
+
+
+def rules_table(rules: Sequence[Sequence]) -> dict[str, MeshAxes]:
+    """The config's `((logical, mesh_axes), ...)` as a dict, checked."""
+    table: dict[str, MeshAxes] = {}
+    for entry in rules:
+        if len(entry) != 2:
+            raise ValueError(f"sharding rule {entry!r} must be (logical_name, mesh_axes)")
+        name, axes = entry
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        unknown = [a for a in names if a not in MESH_AXES]
+        if unknown:
+            raise ValueError(
+                f"sharding rule for {name!r} names mesh axes {unknown}; "
+                f"expected some of {MESH_AXES}"
+            )
+        table[name] = tuple(axes) if isinstance(axes, list | tuple) else axes
+    return table
+
+
+def logical_to_mesh(logical: P, rules: Mapping[str, MeshAxes]) -> P:
+    """Maps a spec of logical names to mesh axes; a mesh axis is used at most once."""
+    used: set[str] = set()
+    out = []
+    for name in logical:
+        if name is None:
+            out.append(None)
+            continue
+        if name not in rules:
+            raise ValueError(f"logical axis {name!r} has no sharding rule; known: {sorted(rules)}")
+        axes = rules[name]
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        names = tuple(a for a in names if a not in used)
+        used.update(names)
+        out.append(names[0] if len(names) == 1 else (names or None))
+    return P(*out)
+
+
+def axis_size(mesh: Mesh, axes: MeshAxes) -> int:
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    return math.prod(mesh.shape[a] for a in names)
+
+
+def batch_axes(rules: Mapping[str, MeshAxes]) -> MeshAxes:
+    return rules.get("batch")
+
+
+def batch_sharding(mesh: Mesh, rules: Mapping[str, MeshAxes], ndim: int) -> NamedSharding:
+    """Leading dimension over the batch axes, the rest replicated."""
+    return NamedSharding(mesh, P(batch_axes(rules), *([None] * (ndim - 1))))
+
+
+def param_shardings(logical_specs, shapes, mesh: Mesh, rules: Mapping[str, MeshAxes]):
+    """NamedShardings for a pytree of logical specs, checking every dimension divides."""
+
+    def one(path, logical: P, shape) -> NamedSharding:
+        spec = logical_to_mesh(logical, rules)
+        for dim, (size, axes) in enumerate(zip(shape.shape, spec, strict=False)):
+            if size % axis_size(mesh, axes):
+                name = jax.tree_util.keystr(path)
+                raise ValueError(
+                    f"parameter {name} of shape {shape.shape}: dimension {dim} ({size}) is not "
+                    f"divisible by mesh axes {axes} of size {axis_size(mesh, axes)}"
+                )
+        return NamedSharding(mesh, spec)
+
+    return jax.tree_util.tree_map_with_path(
+        one, logical_specs, shapes, is_leaf=lambda x: isinstance(x, P)
+    )
