@@ -1,0 +1,90 @@
+"""Train state: parameters as a pure dict, optimizer state and step, placed on the mesh."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from clipjax.models import build_model
+from clipjax.parallel import MeshAxes, param_shardings
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any  # nested dict of arrays (nnx.to_pure_dict of the model's Params)
+    opt_state: optax.OptState
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the step needs to rebuild the model from its parameters."""
+
+    graphdef: nnx.GraphDef
+    logical_specs: Any  # nested dict of logical PartitionSpecs, like `params`
+
+
+def _new_params(model_cfg, seed: int) -> dict:
+    with nnx.use_eager_sharding(False):  # placement comes from jit's out_shardings
+        model = build_model(model_cfg, nnx.Rngs(seed))
+    return nnx.to_pure_dict(nnx.split(model)[1])
+
+
+def model_spec(model_cfg) -> ModelSpec:
+    """Graph and logical axis names of the model, without allocating parameters."""
+    with nnx.use_eager_sharding(False):
+        abstract = nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    return ModelSpec(graphdef, nnx.to_pure_dict(nnx.get_partition_spec(state)))
+
+
+def state_shardings(
+    spec: ModelSpec,
+    abstract: TrainState,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    rules: dict[str, MeshAxes],
+) -> TrainState:
+    """Shardings of every leaf: parameters by the rules, optimizer moments like
+    their parameter, everything else (counts, factored statistics) replicated."""
+    replicated = NamedSharding(mesh, P())
+    params = param_shardings(spec.logical_specs, abstract.params, mesh, rules)
+
+    def like_param(leaf, sharding, param):
+        return sharding if leaf.shape == param.shape else replicated
+
+    opt_state = optax.tree_utils.tree_map_params(
+        tx,
+        like_param,
+        abstract.opt_state,
+        params,
+        abstract.params,
+        transform_non_params=lambda _: replicated,
+    )
+    return TrainState(step=replicated, params=params, opt_state=opt_state)
+
+
+def create_train_state(
+    model_cfg,
+    seed: int,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    rules: dict[str, MeshAxes],
+) -> tuple[ModelSpec, TrainState, TrainState]:
+    """Initialises parameters and optimizer state directly in their shardings."""
+    spec = model_spec(model_cfg)
+
+    def init() -> TrainState:
+        params = _new_params(model_cfg, seed)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    shardings = state_shardings(spec, jax.eval_shape(init), tx, mesh, rules)
+    state = jax.jit(init, out_shardings=shardings)()
+    return spec, state, shardings

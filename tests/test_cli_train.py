@@ -1,0 +1,55 @@
+"""The main command end to end on the tiny variant."""
+
+import json
+
+from clipjax.cli import main
+
+
+def test_train_command_writes_config_metrics_and_tensorboard(tmp_path, digits_cache, capsys):
+    code = main(
+        [
+            "train",
+            "--config",
+            "configs/default.py:tiny",
+            "--workdir",
+            str(tmp_path),
+            f"--config.data.cache_dir={digits_cache}",
+            "--config.train.steps=4",
+            "--config.train.log_every=2",
+            "--config.mesh.data=-1",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "step      2/4" in out and "img/s" in out and "ETA" in out
+    assert "zeroshot/digits/top1" in out
+
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["train"]["steps"] == 4
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [2, 4]
+    assert {
+        "train/loss",
+        "train/temperature",
+        "train/images_per_sec",
+        "data/skipped_samples",
+    } <= set(rows[0])
+    assert 0.0 <= rows[-1]["zeroshot/digits/top1"] <= 1.0
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "configs/default.py:tiny",
+                "--workdir",
+                str(tmp_path),
+                f"--config.data.cache_dir={digits_cache}",
+                "--config.train.steps=3",
+                "--config.train.log_every=2",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "metrics.previous-1.jsonl").exists()
