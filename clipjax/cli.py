@@ -84,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"clipjax: {exc}", file=sys.stderr)
         return 2
+    except FloatingPointError as exc:
+        print(f"clipjax: training diverged: {exc}", file=sys.stderr)
+        return 1
     print(_summary(result, args.workdir))
     return 0
 

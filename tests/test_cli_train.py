@@ -53,3 +53,27 @@ def test_train_command_writes_config_metrics_and_tensorboard(tmp_path, digits_ca
         == 0
     )
     assert (tmp_path / "metrics.previous-1.jsonl").exists()
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_metrics(tmp_path, digits_cache, capsys):
+    code = main(
+        [
+            "train",
+            "--config",
+            "configs/default.py:tiny",
+            "--workdir",
+            str(tmp_path),
+            f"--config.data.cache_dir={digits_cache}",
+            "--config.train.steps=6",
+            "--config.train.log_every=1",
+            "--config.optim.lr=1e30",
+            "--config.optim.clip_norm=0",
+            "--config.optim.warmup_steps=0",
+        ]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "training diverged: non-finite training metrics at step" in err
+    assert "train/loss" in err
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(row["step"] < 6 for row in rows)

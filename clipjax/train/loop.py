@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
     return result
 
 
+def check_finite(step: int, values: dict) -> None:
+    """Stops the run with the step and the offending metrics when the loss diverges."""
+    bad = {k: float(v) for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        raise FloatingPointError(
+            f"non-finite training metrics at step {step}: {bad}; lower optim.lr, "
+            "raise optim.warmup_steps or set optim.clip_norm"
+        )
+
+
 def _loop(
     config, state, step_fn, batches, sharding_for, evaluator, writer, stats, result: TrainResult
 ) -> None:
@@ -92,6 +103,7 @@ def _loop(
         values = {}
         if step % config.train.log_every == 0 or step == total:
             values = {f"train/{k}": v for k, v in jax.device_get(metrics).items()}
+            check_finite(step, values)
             values.update(throughput.update(step))
             values.update(stats.as_metrics())
             result.losses.append(float(values["train/loss"]))
