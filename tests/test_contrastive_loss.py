@@ -1,4 +1,7 @@
-"""The cross-device softmax loss equals the single-device full-batch loss, with gradients."""
+"""Every loss kind and strategy equals a single-device full-batch reference, with gradients
+w.r.t. both embeddings, the scale and the bias, on several 8-device meshes."""
+
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -7,68 +10,187 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from clipjax.losses import contrastive_loss
+from clipjax.losses import LossSpec, contrastive_loss
 from clipjax.parallel import build_mesh
 
+BATCH, DIM = 32, 16
+MESHES = {
+    "data=8": {"data": 8, "fsdp": 1, "tensor": 1},
+    "data=4 fsdp=2": {"data": 4, "fsdp": 2, "tensor": 1},
+    "data=2 fsdp=2 tensor=2": {"data": 2, "fsdp": 2, "tensor": 2},
+}
+KINDS = {
+    "softmax": LossSpec(kind="softmax"),
+    "align": LossSpec(kind="softmax", label_smoothing=0.1),
+    "dcl": LossSpec(kind="dcl"),
+    "sigmoid": LossSpec(kind="sigmoid"),
+}
+STRATEGIES = [("gather", 8), ("ring", 8), *(("grouped", g) for g in (1, 2, 4, 8))]
 
-def reference_loss(image, text, log_scale):
-    logits = jnp.exp(log_scale) * image @ text.T
-    labels = jnp.arange(image.shape[0])
-    i2t = -jnp.mean(jax.nn.log_softmax(logits, axis=1)[labels, labels])
-    t2i = -jnp.mean(jax.nn.log_softmax(logits.T, axis=1)[labels, labels])
-    return (i2t + t2i) / 2
+
+def _lse_rows(z):
+    return jax.nn.logsumexp(z, axis=1)
 
 
-def embeddings(batch=32, dim=16, seed=0):
+def reference_group_loss(x, y, log_scale, bias, spec: LossSpec):
+    """The loss of one group computed plainly on one device."""
+    s = jnp.exp(log_scale)
+    z = s * x @ y.T
+    n = x.shape[0]
+    diag = jnp.diag(z)
+    if spec.kind == "sigmoid":
+        labels = 2 * jnp.eye(n) - 1
+        loss = -jnp.sum(jax.nn.log_sigmoid(labels * (z + bias))) / n
+    else:
+        if spec.kind == "dcl":
+            off = jnp.where(jnp.eye(n, dtype=bool), -jnp.inf, z)
+            i2t, t2i = _lse_rows(off) - diag, _lse_rows(off.T) - diag
+        else:
+            eps = spec.label_smoothing
+            targets = (1 - eps) * jnp.eye(n) + eps / n
+            i2t = -jnp.sum(targets * jax.nn.log_softmax(z, axis=1), axis=1)
+            t2i = -jnp.sum(targets * jax.nn.log_softmax(z.T, axis=1), axis=1)
+        loss = (jnp.mean(i2t) + jnp.mean(t2i)) / 2
+    sq = lambda a, b: jnp.sum((a[:, None] - b[None]) ** 2, -1)
+    off_diag = ~jnp.eye(n, dtype=bool)
+
+    def unif(a, b):
+        return jnp.log(jnp.sum(jnp.where(off_diag, jnp.exp(-2 * sq(a, b)), 0)) / (n * (n - 1)))
+
+    loss += spec.alignment_weight * jnp.mean(jnp.sum((x - y) ** 2, -1))
+    loss += spec.uniformity_weight * (unif(x, x) + unif(y, y)) / 2
+    loss += spec.cross_uniformity_weight * unif(x, y)
+    return loss
+
+
+def reference_loss(x, y, log_scale, bias, spec, group_rows):
+    groups = x.shape[0] // group_rows
+    parts = [
+        reference_group_loss(
+            x[g * group_rows : (g + 1) * group_rows],
+            y[g * group_rows : (g + 1) * group_rows],
+            log_scale,
+            bias,
+            spec,
+        )
+        for g in range(groups)
+    ]
+    return sum(parts) / groups
+
+
+def embeddings(seed=0):
     rng = np.random.default_rng(seed)
-    image, text = rng.normal(size=(2, batch, dim)).astype(np.float32)
-    text = text + 0.5 * image  # correlated pairs: a loss far from log(batch)
-    normalise = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
-    return normalise(image), normalise(text), np.float32(np.log(1 / 0.07))
+    image, text = rng.normal(size=(2, BATCH, DIM)).astype(np.float32)
+    text = text + 0.7 * image
+    norm = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)
+    return norm(image), norm(text), np.float32(np.log(1 / 0.07)), np.float32(-2.0)
 
 
-@pytest.mark.parametrize(
-    ("mesh_shape", "batch_axes"),
-    [
-        ({"data": 8, "fsdp": 1, "tensor": 1}, ("data", "fsdp")),
-        ({"data": 2, "fsdp": 4, "tensor": 1}, ("data", "fsdp")),
-        ({"data": 2, "fsdp": 2, "tensor": 2}, ("data", "fsdp")),
-        ({"data": 4, "fsdp": 1, "tensor": 2}, "data"),
-        ({"data": 1, "fsdp": 1, "tensor": 1}, ("data", "fsdp")),
-    ],
-)
-def test_gather_matches_reference_values_and_gradients(mesh_shape, batch_axes):
-    devices = jax.devices()[: int(np.prod(list(mesh_shape.values())))]
-    mesh = build_mesh(mesh_shape, devices)
-    image, text, log_scale = embeddings()
+def sharded_loss_and_grads(mesh_shape, spec, metrics=False):
+    mesh = build_mesh(mesh_shape)
+    image, text, log_scale, bias = embeddings()
+    rows = NamedSharding(mesh, P(("data", "fsdp"), None))
+    scalar = NamedSharding(mesh, P())
 
-    def sharded(fn_inputs):
-        i, t, s = fn_inputs
-        loss, _ = contrastive_loss(i, t, s, mesh=mesh, batch_axes=batch_axes)
-        return loss
+    def loss(args):
+        return contrastive_loss(
+            *args, mesh=mesh, batch_axes=("data", "fsdp"), spec=spec, metrics=metrics
+        )
 
-    placement = NamedSharding(mesh, P(batch_axes, None))
-    inputs = (
-        jax.device_put(image, placement),
-        jax.device_put(text, placement),
-        jax.device_put(log_scale, NamedSharding(mesh, P())),
+    args = (
+        jax.device_put(image, rows),
+        jax.device_put(text, rows),
+        jax.device_put(log_scale, scalar),
+        jax.device_put(bias, scalar),
     )
-    loss, grads = jax.jit(jax.value_and_grad(sharded))(inputs)
-    ref_loss, ref_grads = jax.value_and_grad(lambda x: reference_loss(*x))((image, text, log_scale))
+    (value, aux), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(args)
+    return value, aux, grads
 
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
-    assert float(ref_loss) < 0.9 * np.log(32)
+
+CASES = [
+    pytest.param(mesh, kind, strategy, group, id=f"{mesh}-{kind}-{strategy}{group}")
+    for mesh, kind, (strategy, group) in itertools.product(MESHES, KINDS, STRATEGIES)
+]
+
+
+@pytest.mark.parametrize(("mesh", "kind", "strategy", "group"), CASES)
+def test_loss_and_gradients_equal_reference(mesh, kind, strategy, group):
+    spec = LossSpec(**{**KINDS[kind].__dict__, "strategy": strategy, "group_size": group})
+    shards = MESHES[mesh]["data"] * MESHES[mesh]["fsdp"]  # the batch axes
+    if strategy == "grouped" and group > shards:
+        with pytest.raises(ValueError, match=f"group_size={group} must divide the {shards} batch"):
+            sharded_loss_and_grads(MESHES[mesh], spec)
+        return
+    value, _, grads = sharded_loss_and_grads(MESHES[mesh], spec)
+    image, text, log_scale, bias = embeddings()
+    group_rows = BATCH * group // shards if strategy == "grouped" else BATCH
+    ref_value, ref_grads = jax.value_and_grad(lambda a: reference_loss(*a, spec, group_rows))(
+        (image, text, log_scale, bias)
+    )
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    names = ("image", "text", "log_scale", "bias")
+    for name, got, want in zip(names, grads, ref_grads, strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6, err_msg=name)
+    if kind != "sigmoid":
+        assert float(jnp.abs(grads[3])) == 0.0
+
+
+def unit(a):
+    return a / jnp.linalg.norm(a, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("strategy", ["gather", "ring", "grouped"])
+def test_geometry_terms_in_the_loss_equal_reference(strategy):
+    """The terms use |a - b|^2 = 2 - 2 a.b, true on the unit sphere, so both sides
+    differentiate through the normalisation the model applies."""
+    spec = LossSpec(
+        kind="softmax",
+        strategy=strategy,
+        group_size=4,
+        alignment_weight=0.5,
+        uniformity_weight=0.3,
+        cross_uniformity_weight=0.2,
+    )
+    mesh = build_mesh(MESHES["data=4 fsdp=2"])
+    image, text, log_scale, bias = embeddings()
+    raw_image, raw_text = 1.5 * image, 0.5 * text + 0.01
+
+    def sharded(args):
+        u, v, s, b = args
+        return contrastive_loss(
+            unit(u), unit(v), s, b, mesh=mesh, batch_axes=("data", "fsdp"), spec=spec, metrics=False
+        )[0]
+
+    rows = NamedSharding(mesh, P(("data", "fsdp"), None))
+    args = (jax.device_put(raw_image, rows), jax.device_put(raw_text, rows), log_scale, bias)
+    value, grads = jax.jit(jax.value_and_grad(sharded))(args)
+    group_rows = 16 if strategy == "grouped" else BATCH
+    ref_value, ref_grads = jax.value_and_grad(
+        lambda a: reference_loss(unit(a[0]), unit(a[1]), a[2], a[3], spec, group_rows)
+    )((raw_image, raw_text, log_scale, bias))
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
     for got, want in zip(grads, ref_grads, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
 
 
-def test_metrics_report_temperature_and_positive_similarity():
-    mesh = build_mesh({"data": 8, "fsdp": 1, "tensor": 1})
-    image, text, log_scale = embeddings()
-    _, metrics = jax.jit(lambda i, t, s: contrastive_loss(i, t, s, mesh=mesh, batch_axes="data"))(
-        image, text, log_scale
-    )
-    np.testing.assert_allclose(metrics["temperature"], 0.07, rtol=1e-6)
+@pytest.mark.parametrize("strategy", ["gather", "ring"])
+def test_geometry_metrics(strategy):
+    spec = LossSpec(kind="sigmoid", strategy=strategy)
+    _, metrics, _ = sharded_loss_and_grads(MESHES["data=8"], spec, metrics=True)
+    image, text, _, bias = embeddings()
+    sims = image @ text.T
+    off = ~np.eye(BATCH, dtype=bool)
+    np.testing.assert_allclose(metrics["temperature"], 0.07, rtol=1e-5)
+    np.testing.assert_allclose(metrics["bias"], bias)
+    np.testing.assert_allclose(metrics["positive_similarity"], np.mean(np.diag(sims)), rtol=1e-5)
     np.testing.assert_allclose(
-        metrics["positive_similarity"], np.mean(np.sum(image * text, 1)), rtol=1e-5
+        metrics["negative_similarity"], np.mean(sims[off]), rtol=1e-4, atol=1e-6
+    )
+    gap = np.linalg.norm(image.mean(0) - text.mean(0))
+    np.testing.assert_allclose(metrics["modality_gap"], gap, rtol=1e-5)
+    sq = np.sum((image[:, None] - image[None]) ** 2, -1)
+    unif = np.log(np.mean(np.exp(-2 * sq[off])))
+    np.testing.assert_allclose(metrics["uniformity_image"], unif, rtol=1e-5)
+    np.testing.assert_allclose(
+        metrics["alignment"], np.mean(np.sum((image - text) ** 2, -1)), rtol=1e-5
     )

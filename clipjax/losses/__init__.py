@@ -1,5 +1,5 @@
-"""Contrastive losses."""
+"""Contrastive losses across the device mesh."""
 
-from clipjax.losses.contrastive import contrastive_loss
+from clipjax.losses.contrastive import KINDS, STRATEGIES, LossSpec, contrastive_loss
 
-__all__ = ["contrastive_loss"]
+__all__ = ["KINDS", "STRATEGIES", "LossSpec", "contrastive_loss"]

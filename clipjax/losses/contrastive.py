@@ -1,75 +1,183 @@
-"""Softmax (InfoNCE) contrastive loss across the device mesh.
+"""The contrastive loss API: one call for every kind, strategy and geometry term.
 
-Called on global, batch-sharded embeddings; inside `jax.shard_map` each device
-scores its local rows against the columns of the whole batch, so the loss and
-its gradients equal the single-device full-batch loss exactly.
-
-Strategy `gather`: all-gather embeddings over the batch axes (memory O(b*B)
-per device for b local rows and a global batch of B).
+Called on global, batch-sharded, L2-normalised embeddings inside the jitted
+step; the work runs per device under `jax.shard_map` on the loss mesh (see
+`strategies`). Kinds:
+  softmax  symmetric InfoNCE (CLIP); with `label_smoothing` > 0, ALIGN's
+           smoothed targets (1 - e on the positive, e / B spread over the batch)
+  dcl      decoupled softmax: the positive is left out of the denominator
+  sigmoid  SigLIP's pairwise sigmoid with a learned bias
+With `grouped`, the loss is the mean over loss groups of each group's full loss.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-STRATEGIES = ("gather",)
-KINDS = ("softmax",)
+from clipjax.losses.geometry import alignment_sum, centroid_gap, uniformity
+from clipjax.losses.sigmoid import sigmoid_local_sum
+from clipjax.losses.strategies import (
+    LOSS_AXES,
+    MEMBER,
+    STRATEGIES,
+    PairScorer,
+    group_size_for,
+    loss_mesh,
+    varying,
+)
+
+KINDS = ("softmax", "dcl", "sigmoid")
+__all__ = ["KINDS", "STRATEGIES", "LossSpec", "contrastive_loss"]
 
 
-def _cross_entropy_sum(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    picked = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
-    return jnp.sum(jax.nn.logsumexp(logits, axis=1) - picked)
+@dataclass(frozen=True)
+class LossSpec:
+    """What to compute; built from the config's `loss` group by `LossSpec.from_config`."""
+
+    kind: str = "softmax"
+    strategy: str = "gather"
+    group_size: int = 1
+    label_smoothing: float = 0.0
+    alignment_weight: float = 0.0
+    uniformity_weight: float = 0.0
+    cross_uniformity_weight: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg) -> LossSpec:
+        return cls(**{name: cfg[name] for name in cls.__dataclass_fields__ if name in cfg})
+
+    def check(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"loss.kind={self.kind!r} is not one of {KINDS}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"loss.strategy={self.strategy!r} is not one of {STRATEGIES}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"loss.label_smoothing={self.label_smoothing} must be in [0, 1)")
+        if self.label_smoothing and self.kind != "softmax":
+            raise ValueError(f"loss.label_smoothing applies to kind 'softmax', not {self.kind!r}")
 
 
-def _gather_softmax(image: jax.Array, text: jax.Array, scale: jax.Array, axes: tuple[str, ...]):
-    """Per-device body: local rows against gathered columns, both directions."""
-    rows = image.shape[0]
-    all_image = jax.lax.all_gather(image, axes, tiled=True) if axes else image
-    all_text = jax.lax.all_gather(text, axes, tiled=True) if axes else text
-    offset = jax.lax.axis_index(axes) * rows if axes else 0
-    labels = offset + jnp.arange(rows)
-    image_to_text = _cross_entropy_sum(scale * image @ all_text.T, labels)
-    text_to_image = _cross_entropy_sum(scale * text @ all_image.T, labels)
-    total = image_to_text + text_to_image
-    positives = jnp.sum(image * text)
-    if axes:
-        total, positives = jax.lax.psum((total, positives), axes)
-    global_batch = all_image.shape[0]
-    return total / (2 * global_batch), positives / global_batch
+def _batch_axes(batch_axes) -> tuple[str, ...]:
+    return (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
 
 
 def contrastive_loss(
     image: jax.Array,
     text: jax.Array,
     log_scale: jax.Array,
+    bias: jax.Array | None = None,
     *,
     mesh: Mesh,
     batch_axes: str | Sequence[str] | None,
-    kind: str = "softmax",
-    strategy: str = "gather",
+    spec: LossSpec = LossSpec(),
+    metrics: bool = True,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Symmetric InfoNCE of L2-normalised `image` and `text` embeddings `[B, d]`.
+    """Loss of L2-normalised `[B, d]` embeddings, and metrics (when `metrics`).
 
-    `log_scale` is the learned log inverse temperature. Returns the loss and
-    metrics (temperature, mean positive cosine similarity).
+    `log_scale` is the learned log inverse temperature; `bias` SigLIP's learned
+    bias (required for `sigmoid`, unused otherwise).
     """
-    if kind not in KINDS:
-        raise ValueError(f"loss.kind={kind!r} is not supported; expected one of {KINDS}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"loss.strategy={strategy!r} is not supported; expected {STRATEGIES}")
-    axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
-    spec = P(axes or None, None)
-    body = jax.shard_map(
-        lambda i, t, s: _gather_softmax(i, t, s, axes),
-        mesh=mesh,
-        in_specs=(spec, spec, P()),
-        out_specs=(P(), P()),
+    spec.check()
+    if spec.kind == "sigmoid" and bias is None:
+        raise ValueError(
+            "loss.kind='sigmoid' needs the model's learned bias (model.logit_bias_init)"
+        )
+    axes = _batch_axes(batch_axes)
+    shards = math.prod(mesh.shape[a] for a in axes)
+    group = group_size_for(spec.strategy, spec.group_size, shards)
+    rows = P(LOSS_AXES, None)
+    body = partial(
+        _per_device,
+        spec=spec,
+        scorer=PairScorer(ring=spec.strategy == "ring", group_size=group),
+        batch=image.shape[0],
+        groups=shards // group,
+        with_metrics=metrics,
     )
     scale = jnp.exp(log_scale.astype(jnp.float32))
-    loss, positive = body(image.astype(jnp.float32), text.astype(jnp.float32), scale)
-    return loss, {"temperature": 1.0 / scale, "positive_similarity": positive}
+    bias = jnp.zeros((), jnp.float32) if bias is None else bias.astype(jnp.float32)
+    return jax.shard_map(
+        body,
+        mesh=loss_mesh(mesh, axes, group),
+        in_specs=(rows, rows, P(), P()),
+        out_specs=(P(), P()),
+    )(image.astype(jnp.float32), text.astype(jnp.float32), scale, bias)
+
+
+def _softmax_local_sum(spec: LossSpec, scorer: PairScorer, image, text, scale, group_batch):
+    """This device's rows' share of the summed two-direction (smoothed / decoupled) CE."""
+    exclude = spec.kind == "dcl"
+    lse = scorer.row_lse(image, text, scale, exclude).sum()
+    lse += scorer.row_lse(text, image, scale, exclude).sum()
+    eps = spec.label_smoothing
+    total = lse - 2.0 * (1.0 - eps) * scale * jnp.sum(image * text)
+    if eps:
+        image_sum, text_sum = image.sum(0), text.sum(0)
+        group_image = jax.lax.psum(image_sum, MEMBER)
+        group_text = jax.lax.psum(text_sum, MEMBER)
+        spread = image_sum @ group_text + text_sum @ group_image
+        total -= eps * scale * spread / group_batch
+    return total
+
+
+def _per_device(image, text, scale, bias, *, spec, scorer, batch, groups, with_metrics):
+    scale, bias = varying(scale), varying(bias)
+    group_batch = batch // groups
+    if spec.kind == "sigmoid":
+        loss = jax.lax.psum(sigmoid_local_sum(scorer, image, text, scale, bias), LOSS_AXES) / batch
+    else:
+        local = _softmax_local_sum(spec, scorer, image, text, scale, group_batch)
+        loss = jax.lax.psum(local, LOSS_AXES) / (2 * batch)
+    out = {"contrastive_loss": loss}
+
+    def unif(rows, cols):
+        return uniformity(scorer, rows, cols, group_batch, groups)
+
+    def alignment():
+        return jax.lax.psum(alignment_sum(image, text), LOSS_AXES) / batch
+
+    terms = {  # name: (weight in the loss, how to compute it)
+        "alignment": (spec.alignment_weight, alignment),
+        "uniformity_image": (spec.uniformity_weight / 2, lambda: unif(image, image)),
+        "uniformity_text": (spec.uniformity_weight / 2, lambda: unif(text, text)),
+        "cross_uniformity": (spec.cross_uniformity_weight, lambda: unif(image, text)),
+    }
+    for name, (weight, compute) in terms.items():
+        if weight:
+            out[name] = compute()
+            loss = loss + weight * out[name]
+        elif with_metrics:
+            out[name] = jax.lax.stop_gradient(compute())
+    if not with_metrics:
+        return loss, {}
+    return loss, _geometry_metrics(image, text, scale, bias, spec, batch, groups, out)
+
+
+def _geometry_metrics(image, text, scale, bias, spec, batch, groups, terms):
+    image, text, scale, bias = jax.lax.stop_gradient((image, text, scale, bias))
+    group_batch = batch // groups
+    image_sum, text_sum = image.sum(0), text.sum(0)
+    positive = jnp.sum(image * text)
+    group_pairs = jax.lax.psum(image_sum, MEMBER) @ jax.lax.psum(text_sum, MEMBER)
+    group_positive = jax.lax.psum(positive, MEMBER)
+    negative = (group_pairs - group_positive) / max(group_batch * (group_batch - 1), 1)
+    metrics = {
+        "temperature": 1.0 / jax.lax.pmax(scale, LOSS_AXES),
+        "positive_similarity": jax.lax.psum(positive, LOSS_AXES) / batch,
+        "negative_similarity": jax.lax.psum(negative, LOSS_AXES[0]) / groups,
+        "modality_gap": centroid_gap(
+            jax.lax.psum(image_sum, LOSS_AXES), jax.lax.psum(text_sum, LOSS_AXES), batch
+        ),
+        **terms,
+    }
+    if spec.kind == "sigmoid":
+        metrics["bias"] = jax.lax.pmax(bias, LOSS_AXES)
+    return metrics

@@ -1,0 +1,104 @@
+"""Cross-device strategies: which columns a device's rows are scored against, and how.
+
+The loss runs under `jax.shard_map` on a *loss mesh*: the same devices as the
+training mesh, with the batch axes flattened and split into
+`loss_group x loss_member` (groups of `group_size` consecutive batch shards)
+and the other mesh axes kept. Columns come from the `loss_member` axis only,
+so `gather` (one group holding every batch shard) and `grouped` differ only in
+the group size, and `ring` works within groups too.
+
+Per step and device, with b local rows, d dims, 4-byte floats and a group of g
+devices, the image and text embeddings that arrive are
+  gather:  2 * (n - 1) * b * d * 4 bytes  (n = all batch shards)
+  grouped: 2 * (g - 1) * b * d * 4 bytes  (the same, over g instead of n)
+  ring:    the same bytes as gather/grouped, in n - 1 ppermute hops, twice more
+           in the backward pass; in exchange it never holds more than one block.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh
+
+from clipjax.losses.ring import ring_row_lse, ring_softplus_sum
+
+STRATEGIES = ("gather", "grouped", "ring")
+GROUP = "loss_group"
+MEMBER = "loss_member"
+LOSS_AXES = (GROUP, MEMBER)
+
+
+def _axis_tuple(axes: str | Sequence[str] | None) -> tuple[str, ...]:
+    return (axes,) if isinstance(axes, str) else tuple(axes or ())
+
+
+def loss_mesh(mesh: Mesh, batch_axes: str | Sequence[str] | None, group_size: int) -> Mesh:
+    """`mesh` with its batch axes regrouped as `(loss_group, loss_member)`.
+
+    The device order is unchanged when the batch axes lead the mesh (the
+    default rules), so batch-sharded arrays need no movement.
+    """
+    batch = _axis_tuple(batch_axes)
+    others = [a for a in mesh.axis_names if a not in batch]
+    shards = math.prod(mesh.shape[a] for a in batch)
+    if group_size < 1 or shards % group_size:
+        raise ValueError(
+            f"loss.group_size={group_size} must divide the {shards} batch shards "
+            f"(mesh axes {batch})"
+        )
+    order = [mesh.axis_names.index(a) for a in (*batch, *others)]
+    devices = np.transpose(mesh.devices, order).reshape(
+        shards // group_size, group_size, *(mesh.shape[a] for a in others)
+    )
+    names = (*LOSS_AXES, *others)
+    return Mesh(devices, names, axis_types=(AxisType.Auto,) * len(names))
+
+
+def varying(x: jax.Array) -> jax.Array:
+    """Marks a value that is the same on every device as device-varying, so it can
+    meet per-device values in custom VJPs and loops (its gradient is then summed)."""
+    return jax.lax.pcast(x, LOSS_AXES, to="varying")
+
+
+@dataclass(frozen=True)
+class PairScorer:
+    """Reductions over (local row, group column) pairs for one strategy.
+
+    `row_lse(rows, cols, scale, exclude_diag)`: per local row, the log-sum-exp of
+    `scale * row . col` over every column of the group (optionally without the
+    row's own positive); `softplus_sum(rows, cols, scale, bias)`: the sum of
+    `softplus(scale * row . col + bias)` over the same pairs. `cols` are this
+    device's columns; the strategy brings the rest.
+    """
+
+    ring: bool
+    group_size: int
+
+    def row_lse(self, rows, cols, scale, exclude_diag: bool) -> jax.Array:
+        if self.ring:
+            return ring_row_lse(rows, cols, scale, exclude_diag, (MEMBER,), self.group_size)
+        scores = scale * rows @ jax.lax.all_gather(cols, MEMBER, tiled=True).T
+        if exclude_diag:
+            offset = jax.lax.axis_index(MEMBER) * rows.shape[0]
+            own = jnp.arange(rows.shape[0])[:, None] + offset == jnp.arange(scores.shape[1])
+            scores = jnp.where(own, -jnp.inf, scores)
+        return jax.nn.logsumexp(scores, axis=1)
+
+    def softplus_sum(self, rows, cols, scale, bias) -> jax.Array:
+        if self.ring:
+            return ring_softplus_sum(rows, cols, scale, bias, (MEMBER,), self.group_size)
+        scores = scale * rows @ jax.lax.all_gather(cols, MEMBER, tiled=True).T + bias
+        return jnp.sum(jax.nn.softplus(scores))
+
+
+def group_size_for(strategy: str, requested: int, shards: int) -> int:
+    """`gather` and `ring` contrast the whole batch; `grouped` uses `requested`."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"loss.strategy={strategy!r} is not one of {STRATEGIES}")
+    return requested if strategy == "grouped" else shards
