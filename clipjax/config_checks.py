@@ -9,7 +9,7 @@ import ml_collections
 from clipjax.data.decode import parse_keys
 from clipjax.data.tokenizers import build_tokenizer
 from clipjax.evaluate.runner import EVAL_KINDS, EVAL_SOURCES
-from clipjax.losses.contrastive import KINDS, STRATEGIES
+from clipjax.losses.contrastive import LossSpec
 from clipjax.models import MODELS
 from clipjax.models.layers import ACTIVATIONS, dtype_of
 from clipjax.models.vit import POOLS
@@ -24,6 +24,8 @@ FIELD_TYPES = {
     "train.steps": int,
     "train.batch_size": int,
     "train.log_every": int,
+    "train.accum_steps": int,
+    "loss.group_size": int,
     "optim.lr": float,
     "optim.warmup_steps": int,
     "optim.weight_decay": float,
@@ -97,6 +99,18 @@ def _mesh_and_batch(c, num_devices: int, num_processes: int, problems: list[str]
             )
         elif size % num_processes:
             problems.append(f"{field}={size} is not divisible by {num_processes} processes")
+    local = c.train.batch_size // data_parallel
+    if c.train.accum_steps >= 1 and local % c.train.accum_steps:
+        problems.append(
+            f"train.accum_steps={c.train.accum_steps} does not divide the "
+            f"{local} examples each batch shard gets per step"
+        )
+    if c.loss.strategy == "grouped" and (
+        c.loss.group_size < 1 or data_parallel % c.loss.group_size
+    ):
+        problems.append(
+            f"loss.group_size={c.loss.group_size} must divide the {data_parallel} batch shards"
+        )
 
 
 def _model(c, problems: list[str]) -> None:
@@ -170,8 +184,11 @@ def _optim_and_train(c, problems: list[str]) -> None:
         )
     if o.schedule == "constant_cooldown" and o.warmup_steps + o.cooldown_steps > c.train.steps:
         problems.append("optim.warmup_steps + optim.cooldown_steps exceed train.steps")
-    _choice(problems, "loss.kind", c.loss.kind, KINDS)
-    _choice(problems, "loss.strategy", c.loss.strategy, STRATEGIES)
+    _attempt(problems, LossSpec.from_config(c.loss).check)
+    if c.loss.kind == "sigmoid" and c.model.get("logit_bias_init") is None:
+        problems.append("loss.kind='sigmoid' needs model.logit_bias_init (SigLIP uses -10.0)")
+    if c.train.accum_steps < 1:
+        problems.append(f"train.accum_steps={c.train.accum_steps} must be at least 1")
 
 
 def _evals(c, problems: list[str]) -> None:

@@ -37,6 +37,7 @@ def get_config(arg=None):
     c.model.name = "clip"
     c.model.embed_dim = 128
     c.model.temperature_init = 0.07
+    c.model.logit_bias_init = None  # a float adds SigLIP's learned bias (SigLIP: -10.0)
     c.model.dtype = "float32"
     c.model.param_dtype = "float32"
     c.model.image = ml_collections.ConfigDict(
@@ -65,8 +66,13 @@ def get_config(arg=None):
     )
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.kind = "softmax"
-    c.loss.strategy = "gather"
+    c.loss.kind = "softmax"  # softmax | dcl | sigmoid
+    c.loss.strategy = "gather"  # gather | grouped | ring
+    c.loss.group_size = 1  # batch shards per group, for strategy "grouped"
+    c.loss.label_smoothing = 0.0  # 0.1 for ALIGN (kind "softmax" only)
+    c.loss.alignment_weight = 0.0  # contrastive-gap terms (Fahim et al.)
+    c.loss.uniformity_weight = 0.0
+    c.loss.cross_uniformity_weight = 0.0
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamw"  # adamw | lion | adafactor
@@ -85,6 +91,7 @@ def get_config(arg=None):
     c.train.batch_size = 128  # global
     c.train.steps = 1000
     c.train.log_every = 50
+    c.train.accum_steps = 1  # micro-batches per step; the loss still contrasts the whole batch
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.sharding_rules = (

@@ -30,6 +30,11 @@ class TwoTower(nnx.Module):
         self.text = TextTransformer(cfg.text, cfg.embed_dim, **kw)
         log_scale = math.log(1.0 / cfg.temperature_init)
         self.logit_scale = param(rngs, nnx.initializers.constant(log_scale), (), (), jnp.float32)
+        if cfg.get("logit_bias_init") is not None:
+            init = nnx.initializers.constant(cfg.logit_bias_init)
+            self.logit_bias = param(rngs, init, (), (), jnp.float32)
+        else:
+            self.logit_bias = None
 
     def encode_image(self, images: jax.Array) -> jax.Array:
         return l2_normalize(self.image(images))

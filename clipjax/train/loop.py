@@ -16,11 +16,12 @@ from clipjax.data.loader import prefetch, to_global, train_batches
 from clipjax.data.shards import DataStats
 from clipjax.data.tokenizers import build_tokenizer
 from clipjax.evaluate.runner import Evaluator
+from clipjax.losses import LossSpec
 from clipjax.metrics import MetricWriter, Throughput, print_progress, progress_line
 from clipjax.parallel import batch_sharding, build_mesh, rules_table
 from clipjax.train.optim import build_optimizer, learning_rate_schedule
 from clipjax.train.state import create_train_state
-from clipjax.train.step import make_train_step
+from clipjax.train.step import make_grad_fn, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
         return batch_sharding(mesh, rules, ndim)
 
     batch_shardings = {"image": sharding_for(4), "text": sharding_for(2)}
-    step_fn = make_train_step(
-        spec, config.loss, tx, mesh, rules.get("batch"), shardings, batch_shardings, schedule
+    grad_fn = make_grad_fn(
+        spec, LossSpec.from_config(config.loss), mesh, rules.get("batch"), config.train.accum_steps
     )
+    step_fn = make_train_step(grad_fn, tx, shardings, batch_shardings, schedule)
     evaluator = Evaluator(config, spec, tokenizer, sharding_for, shardings.params)
 
     _archive_previous_metrics(workdir)
