@@ -26,6 +26,7 @@ FIELD_TYPES = {
     "train.log_every": int,
     "train.accum_steps": int,
     "loss.group_size": int,
+    "loss.ring_chunk": int,
     "optim.lr": float,
     "optim.warmup_steps": int,
     "optim.weight_decay": float,

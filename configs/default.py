@@ -69,6 +69,7 @@ def get_config(arg=None):
     c.loss.kind = "softmax"  # softmax | dcl | sigmoid
     c.loss.strategy = "gather"  # gather | grouped | ring
     c.loss.group_size = 1  # batch shards per group, for strategy "grouped"
+    c.loss.ring_chunk = 1024  # strategy "ring": columns scored at once, memory O(b * chunk)
     c.loss.label_smoothing = 0.0  # 0.1 for ALIGN (kind "softmax" only)
     c.loss.alignment_weight = 0.0  # contrastive-gap terms (Fahim et al.)
     c.loss.uniformity_weight = 0.0

@@ -49,6 +49,7 @@ class LossSpec:
     alignment_weight: float = 0.0
     uniformity_weight: float = 0.0
     cross_uniformity_weight: float = 0.0
+    ring_chunk: int = 1024  # columns scored at once by the ring: memory O(b * ring_chunk)
 
     @classmethod
     def from_config(cls, cfg) -> LossSpec:
@@ -61,6 +62,8 @@ class LossSpec:
             raise ValueError(f"loss.strategy={self.strategy!r} is not one of {STRATEGIES}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"loss.label_smoothing={self.label_smoothing} must be in [0, 1)")
+        if self.ring_chunk < 1:
+            raise ValueError(f"loss.ring_chunk={self.ring_chunk} must be at least 1")
         if self.label_smoothing and self.kind != "softmax":
             raise ValueError(f"loss.label_smoothing applies to kind 'softmax', not {self.kind!r}")
 
@@ -97,7 +100,7 @@ def contrastive_loss(
     body = partial(
         _per_device,
         spec=spec,
-        scorer=PairScorer(ring=spec.strategy == "ring", group_size=group),
+        scorer=PairScorer(spec.strategy == "ring", group, spec.ring_chunk),
         batch=image.shape[0],
         groups=shards // group,
         with_metrics=metrics,

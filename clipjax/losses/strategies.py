@@ -79,10 +79,13 @@ class PairScorer:
 
     ring: bool
     group_size: int
+    ring_chunk: int = 1024
 
     def row_lse(self, rows, cols, scale, exclude_diag: bool) -> jax.Array:
         if self.ring:
-            return ring_row_lse(rows, cols, scale, exclude_diag, (MEMBER,), self.group_size)
+            return ring_row_lse(
+                rows, cols, scale, exclude_diag, (MEMBER,), self.group_size, self.ring_chunk
+            )
         scores = scale * rows @ jax.lax.all_gather(cols, MEMBER, tiled=True).T
         if exclude_diag:
             offset = jax.lax.axis_index(MEMBER) * rows.shape[0]
@@ -92,7 +95,9 @@ class PairScorer:
 
     def softplus_sum(self, rows, cols, scale, bias) -> jax.Array:
         if self.ring:
-            return ring_softplus_sum(rows, cols, scale, bias, (MEMBER,), self.group_size)
+            return ring_softplus_sum(
+                rows, cols, scale, bias, (MEMBER,), self.group_size, self.ring_chunk
+            )
         scores = scale * rows @ jax.lax.all_gather(cols, MEMBER, tiled=True).T + bias
         return jnp.sum(jax.nn.softplus(scores))
 
