@@ -25,8 +25,12 @@ def parse_args():
     parser.add_argument("--kind", default="softmax", choices=["softmax", "sigmoid"])
     parser.add_argument("--group-size", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--time-limit-gb", type=float, default=12.0,
-                        help="time a batch size only if all devices' buffers total less")
+    parser.add_argument(
+        "--time-limit-gb",
+        type=float,
+        default=12.0,
+        help="time a batch size only if all devices' buffers total less",
+    )
     parser.add_argument("--real-devices", action="store_true")
     return parser.parse_args()
 
@@ -47,10 +51,15 @@ def main() -> None:
 
     mesh = build_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     devices = mesh.size
-    strategies = [("gather", devices), (f"grouped(g={args.group_size})", args.group_size),
-                  ("ring", devices)]
-    print(f"device: {jax.devices()[0].device_kind} x {devices}, jax {jax.__version__}, "
-          f"kind={args.kind}, d={args.dim}\n")
+    strategies = [
+        ("gather", devices),
+        (f"grouped(g={args.group_size})", args.group_size),
+        ("ring", devices),
+    ]
+    print(
+        f"device: {jax.devices()[0].device_kind} x {devices}, jax {jax.__version__}, "
+        f"kind={args.kind}, d={args.dim}\n"
+    )
     print("| global batch | strategy | temp memory / device | time / call (ms) | vs gather |")
     print("|---:|---|---:|---:|---:|")
     for batch in args.batches:
@@ -62,8 +71,9 @@ def main() -> None:
             spec = LossSpec(kind=args.kind, strategy=name.split("(")[0], group_size=group)
 
             def loss(x, y, s, b, spec=spec):
-                return contrastive_loss(x, y, s, b, mesh=mesh, batch_axes="data", spec=spec,
-                                        metrics=False)[0]
+                return contrastive_loss(
+                    x, y, s, b, mesh=mesh, batch_axes="data", spec=spec, metrics=False
+                )[0]
 
             fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
             compiled[name] = fn.lower(shape, shape, scalar, scalar).compile()
@@ -89,8 +99,9 @@ def main() -> None:
                 ratio_t = t / (statistics.median(times["gather"]) * 1e3)
                 timing = f"{t:,.1f} | {ratio_t:.2f}x time, {ratio_mem:.1f}x less memory"
             else:
-                timing = f"not run (buffers > {args.time_limit_gb:g} GiB) | " \
-                         f"{ratio_mem:.1f}x less memory"
+                timing = (
+                    f"not run (buffers > {args.time_limit_gb:g} GiB) | {ratio_mem:.1f}x less memory"
+                )
             print(f"| {batch:,} | {name} | {mem:,.1f} MiB | {timing} |", flush=True)
 
 

@@ -65,8 +65,7 @@ def _over_ring(block, axes, n, carry, visit):
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def ring_row_lse(rows, cols, scale, exclude_diag: bool, axes: tuple[str, ...], n: int,
-                 chunk: int):
+def ring_row_lse(rows, cols, scale, exclude_diag: bool, axes: tuple[str, ...], n: int, chunk: int):
     """`lse_j(scale * rows_i . col_j)` over every column of the ring: shape `[b]`."""
     return _lse_forward(rows, cols, scale, exclude_diag, axes, n, chunk)
 
@@ -114,7 +113,8 @@ def _ring_backward(rows, cols, axes, n, chunk, chunk_grads, *scalars):
             d_rows, d_block, d_scalars = state
             dr, db, *ds = chunk_grads(step, block, start, size)
             d_block = jax.lax.dynamic_update_slice_in_dim(
-                d_block, jax.lax.dynamic_slice_in_dim(d_block, start, size) + db, start, 0)
+                d_block, jax.lax.dynamic_slice_in_dim(d_block, start, size) + db, start, 0
+            )
             return d_rows + dr, d_block, tuple(a + b for a, b in zip(d_scalars, ds, strict=True))
 
         d_rows, d_block, d_scalars = _over_chunks(block, chunk, body, (d_rows, d_block, d_scalars))
@@ -163,8 +163,12 @@ def _softplus_bwd(axes, n, chunk, residuals, grad):
     def chunk_grads(step, block, start, size):
         part, cosine, scores = _chunk_scores(rows, block, scale, step, start, size, False)
         weights = grad * jax.nn.sigmoid(scores + bias)
-        return (scale * weights @ part, scale * weights.T @ rows, jnp.sum(weights * cosine),
-                jnp.sum(weights))
+        return (
+            scale * weights @ part,
+            scale * weights.T @ rows,
+            jnp.sum(weights * cosine),
+            jnp.sum(weights),
+        )
 
     return _ring_backward(rows, cols, axes, n, chunk, chunk_grads, scale, bias)
 
