@@ -13,7 +13,7 @@ from clipjax.losses.contrastive import LossSpec
 from clipjax.models import MODELS
 from clipjax.models.layers import ACTIVATIONS, dtype_of
 from clipjax.models.vit import POOLS
-from clipjax.parallel import resolve_mesh_shape, rules_table
+from clipjax.parallel import axis_tuple, resolve_mesh_shape, rules_table
 from clipjax.train.optim import OPTIMIZERS, SCHEDULES
 
 DATA_SOURCES = ("digits", "shards")
@@ -88,7 +88,7 @@ def _mesh_and_batch(c, num_devices: int, num_processes: int, problems: list[str]
     if sizes is None or rules is None:
         return
     batch_axes = rules.get("batch")
-    names = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
+    names = axis_tuple(batch_axes)
     data_parallel = math.prod(sizes[a] for a in names)
     batches = [("train.batch_size", c.train.batch_size)]
     batches += [(f"evals.{n}.batch_size", e.batch_size) for n, e in c.evals.items()]

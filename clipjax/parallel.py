@@ -19,6 +19,11 @@ MESH_AXES = ("data", "fsdp", "tensor")
 MeshAxes = str | tuple[str, ...] | None
 
 
+def axis_tuple(axes: MeshAxes | Sequence[str]) -> tuple[str, ...]:
+    """`"data"`, `("data", "fsdp")` or None as a tuple of mesh axis names."""
+    return (axes,) if isinstance(axes, str) else tuple(axes or ())
+
+
 def resolve_mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> dict[str, int]:
     """Fills in the one `-1` axis; raises if the shape does not use every device exactly."""
     sizes = {axis: int(mesh_config[axis]) for axis in MESH_AXES}
@@ -62,7 +67,7 @@ def rules_table(rules: Sequence[Sequence]) -> dict[str, MeshAxes]:
         if len(entry) != 2:
             raise ValueError(f"sharding rule {entry!r} must be (logical_name, mesh_axes)")
         name, axes = entry
-        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        names = axis_tuple(axes)
         unknown = [a for a in names if a not in MESH_AXES]
         if unknown:
             raise ValueError(
@@ -84,16 +89,14 @@ def logical_to_mesh(logical: P, rules: Mapping[str, MeshAxes]) -> P:
         if name not in rules:
             raise ValueError(f"logical axis {name!r} has no sharding rule; known: {sorted(rules)}")
         axes = rules[name]
-        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-        names = tuple(a for a in names if a not in used)
+        names = tuple(a for a in axis_tuple(axes) if a not in used)
         used.update(names)
         out.append(names[0] if len(names) == 1 else (names or None))
     return P(*out)
 
 
 def axis_size(mesh: Mesh, axes: MeshAxes) -> int:
-    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    return math.prod(mesh.shape[a] for a in names)
+    return math.prod(mesh.shape[a] for a in axis_tuple(axes))
 
 
 def batch_axes(rules: Mapping[str, MeshAxes]) -> MeshAxes:

@@ -12,7 +12,6 @@ With `grouped`, the loss is the mean over loss groups of each group's full loss.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -22,7 +21,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from clipjax.losses.geometry import alignment_sum, centroid_gap, uniformity
+from clipjax.losses.geometry import alignment_sum, centroid_gap, local_uniformity, uniformity
 from clipjax.losses.sigmoid import sigmoid_local_sum
 from clipjax.losses.strategies import (
     LOSS_AXES,
@@ -33,6 +32,7 @@ from clipjax.losses.strategies import (
     loss_mesh,
     varying,
 )
+from clipjax.parallel import axis_size, axis_tuple
 
 KINDS = ("softmax", "dcl", "sigmoid")
 __all__ = ["KINDS", "STRATEGIES", "LossSpec", "contrastive_loss"]
@@ -68,10 +68,6 @@ class LossSpec:
             raise ValueError(f"loss.label_smoothing applies to kind 'softmax', not {self.kind!r}")
 
 
-def _batch_axes(batch_axes) -> tuple[str, ...]:
-    return (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
-
-
 def contrastive_loss(
     image: jax.Array,
     text: jax.Array,
@@ -93,8 +89,8 @@ def contrastive_loss(
         raise ValueError(
             "loss.kind='sigmoid' needs the model's learned bias (model.logit_bias_init)"
         )
-    axes = _batch_axes(batch_axes)
-    shards = math.prod(mesh.shape[a] for a in axes)
+    axes = axis_tuple(batch_axes)
+    shards = axis_size(mesh, axes)
     group = group_size_for(spec.strategy, spec.group_size, shards)
     rows = P(LOSS_AXES, None)
     body = partial(
@@ -141,24 +137,20 @@ def _per_device(image, text, scale, bias, *, spec, scorer, batch, groups, with_m
         loss = jax.lax.psum(local, LOSS_AXES) / (2 * batch)
     out = {"contrastive_loss": loss}
 
-    def unif(rows, cols):
-        return uniformity(scorer, rows, cols, group_batch, groups)
-
-    def alignment():
-        return jax.lax.psum(alignment_sum(image, text), LOSS_AXES) / batch
-
-    terms = {  # name: (weight in the loss, how to compute it)
-        "alignment": (spec.alignment_weight, alignment),
-        "uniformity_image": (spec.uniformity_weight / 2, lambda: unif(image, image)),
-        "uniformity_text": (spec.uniformity_weight / 2, lambda: unif(text, text)),
-        "cross_uniformity": (spec.cross_uniformity_weight, lambda: unif(image, text)),
+    if spec.alignment_weight or with_metrics:
+        out["alignment"] = jax.lax.psum(alignment_sum(image, text), LOSS_AXES) / batch
+        loss = loss + spec.alignment_weight * out["alignment"]
+    uniformity_terms = {  # name: (weight in the loss, rows, columns)
+        "uniformity_image": (spec.uniformity_weight / 2, image, image),
+        "uniformity_text": (spec.uniformity_weight / 2, text, text),
+        "cross_uniformity": (spec.cross_uniformity_weight, image, text),
     }
-    for name, (weight, compute) in terms.items():
+    for name, (weight, rows, cols) in uniformity_terms.items():
         if weight:
-            out[name] = compute()
+            out[name] = uniformity(scorer, rows, cols, group_batch, groups)
             loss = loss + weight * out[name]
-        elif with_metrics:
-            out[name] = jax.lax.stop_gradient(compute())
+        elif with_metrics:  # logged only: skip the strategy's extra all-pairs pass
+            out[name] = local_uniformity(rows, cols, LOSS_AXES)
     if not with_metrics:
         return loss, {}
     return loss, _geometry_metrics(image, text, scale, bias, spec, batch, groups, out)

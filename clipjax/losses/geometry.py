@@ -34,6 +34,18 @@ def uniformity(scorer: PairScorer, rows, cols, group_batch: int, groups: int) ->
     return jax.lax.psum(value, GROUP) / groups
 
 
+def local_uniformity(rows, cols, axes: tuple[str, ...]) -> jax.Array:
+    """The same statistic over each device's own rows only, averaged over devices:
+    a communication-free estimate for logging when the term is not in the loss."""
+    count = rows.shape[0]
+    if count < 2:
+        return jnp.float32(jnp.nan)
+    scores = 4.0 * rows @ cols.T
+    scores = jnp.where(jnp.eye(count, dtype=bool), -jnp.inf, scores)
+    value = jax.nn.logsumexp(scores) - 4.0 - math.log(count * (count - 1))
+    return jax.lax.pmean(value, axes)
+
+
 def centroid_gap(image_sum, text_sum, batch: int) -> jax.Array:
     """Distance between the image and the text embedding centroids."""
     return jnp.linalg.norm((image_sum - text_sum) / batch)

@@ -27,15 +27,12 @@ import numpy as np
 from jax.sharding import AxisType, Mesh
 
 from clipjax.losses.ring import ring_row_lse, ring_softplus_sum
+from clipjax.parallel import axis_tuple
 
 STRATEGIES = ("gather", "grouped", "ring")
 GROUP = "loss_group"
 MEMBER = "loss_member"
 LOSS_AXES = (GROUP, MEMBER)
-
-
-def _axis_tuple(axes: str | Sequence[str] | None) -> tuple[str, ...]:
-    return (axes,) if isinstance(axes, str) else tuple(axes or ())
 
 
 def loss_mesh(mesh: Mesh, batch_axes: str | Sequence[str] | None, group_size: int) -> Mesh:
@@ -44,7 +41,7 @@ def loss_mesh(mesh: Mesh, batch_axes: str | Sequence[str] | None, group_size: in
     The device order is unchanged when the batch axes lead the mesh (the
     default rules), so batch-sharded arrays need no movement.
     """
-    batch = _axis_tuple(batch_axes)
+    batch = axis_tuple(batch_axes)
     others = [a for a in mesh.axis_names if a not in batch]
     shards = math.prod(mesh.shape[a] for a in batch)
     if group_size < 1 or shards % group_size:

@@ -10,7 +10,6 @@ one micro-batch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import jax
@@ -22,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from clipjax.losses import LossSpec, contrastive_loss
 from clipjax.models.two_tower import MAX_LOG_SCALE
-from clipjax.parallel import MeshAxes
+from clipjax.parallel import MeshAxes, axis_size
 from clipjax.train.state import ModelSpec, TrainState
 
 GradFn = Callable[[dict, dict], tuple[jax.Array, dict, dict]]
@@ -33,11 +32,6 @@ def clamp_log_scale(params: dict) -> dict:
     if "logit_scale" not in params:
         return params
     return {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, MAX_LOG_SCALE)}
-
-
-def _shards(mesh: Mesh, batch_axes: MeshAxes) -> int:
-    axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
-    return math.prod(mesh.shape[a] for a in axes)
 
 
 def split_micro(x: jax.Array, shards: int, k: int) -> jax.Array:
@@ -78,7 +72,7 @@ def make_grad_fn(
 
     if accum_steps == 1:
         return full_batch
-    shards = _shards(mesh, batch_axes)
+    shards = axis_size(mesh, batch_axes)
 
     def constrain(x):
         spec_ = P(None, batch_axes, *([None] * (x.ndim - 2)))
