@@ -51,6 +51,7 @@ def get_config(arg=None):
             act="gelu",
             pool="gap",
             ln_pre=False,
+            patch_bias=True,
         )
     )
     c.model.text = ml_collections.ConfigDict(

@@ -212,3 +212,14 @@ def test_ring_in_column_chunks_equals_reference(kind, chunk):
     np.testing.assert_allclose(value, ref_value, rtol=1e-5)
     for got, want in zip(grads, ref_grads, strict=True):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
+
+
+def test_one_row_per_device_logs_only_finite_metrics():
+    mesh = build_mesh(MESHES["data=8"])
+    image, text, log_scale, _ = embeddings()
+    rows = NamedSharding(mesh, P("data", None))
+    fn = jax.jit(lambda i, t: contrastive_loss(i, t, log_scale, mesh=mesh, batch_axes="data"))
+    loss, metrics = fn(jax.device_put(image[:8], rows), jax.device_put(text[:8], rows))
+    assert np.isfinite(loss)
+    assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
+    assert "uniformity_image" not in metrics and "alignment" in metrics

@@ -149,8 +149,8 @@ def _per_device(image, text, scale, bias, *, spec, scorer, batch, groups, with_m
         if weight:
             out[name] = uniformity(scorer, rows, cols, group_batch, groups)
             loss = loss + weight * out[name]
-        elif with_metrics:  # logged only: skip the strategy's extra all-pairs pass
-            out[name] = local_uniformity(rows, cols, LOSS_AXES)
+        elif with_metrics and (estimate := local_uniformity(rows, cols, LOSS_AXES)) is not None:
+            out[name] = estimate  # logged only: skips the strategy's extra all-pairs pass
     if not with_metrics:
         return loss, {}
     return loss, _geometry_metrics(image, text, scale, bias, spec, batch, groups, out)

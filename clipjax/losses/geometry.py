@@ -34,12 +34,13 @@ def uniformity(scorer: PairScorer, rows, cols, group_batch: int, groups: int) ->
     return jax.lax.psum(value, GROUP) / groups
 
 
-def local_uniformity(rows, cols, axes: tuple[str, ...]) -> jax.Array:
+def local_uniformity(rows, cols, axes: tuple[str, ...]) -> jax.Array | None:
     """The same statistic over each device's own rows only, averaged over devices:
-    a communication-free estimate for logging when the term is not in the loss."""
+    a communication-free estimate for logging when the term is not in the loss.
+    None when a device holds a single row (there is no pair to measure)."""
     count = rows.shape[0]
     if count < 2:
-        return jnp.float32(jnp.nan)
+        return None
     scores = 4.0 * rows @ cols.T
     scores = jnp.where(jnp.eye(count, dtype=bool), -jnp.inf, scores)
     value = jax.nn.logsumexp(scores) - 4.0 - math.log(count * (count - 1))

@@ -28,6 +28,7 @@ class VisionTransformer(nnx.Module):
             padding="VALID",
             kernel_init=init(nnx.initializers.lecun_normal(), (None, None, None, "embed")),
             bias_init=init(ZEROS, ("embed",)),
+            use_bias=cfg.patch_bias,
             **kw,
         )
         tokens = (cfg.image_size // patch) ** 2 + (cfg.pool == "cls")

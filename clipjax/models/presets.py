@@ -1,0 +1,52 @@
+"""Published CLIP tower sizes (OpenAI's ViT-B/32, ViT-B/16, ViT-L/14)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+# name: (embed_dim, image size, patch, image width/depth/heads, text width/depth/heads)
+CLIP_SIZES = {
+    "vit_b32": (512, 224, 32, 768, 12, 12, 512, 12, 8),
+    "vit_b16": (512, 224, 16, 768, 12, 12, 512, 12, 8),
+    "vit_l14": (768, 224, 14, 1024, 24, 16, 768, 12, 12),
+}
+CLIP_CONTEXT = 77
+CLIP_VOCAB = 49408
+
+
+def apply_clip_size(config: ml_collections.ConfigDict, name: str) -> None:
+    """Sets `config.model` (and the matching data/tokenizer sizes) to OpenAI's `name`:
+    class token, `ln_pre`, QuickGELU, MLP ratio 4, bias-free patch embedding and
+    projections, context 77, vocabulary 49408."""
+    if name not in CLIP_SIZES:
+        raise ValueError(f"unknown CLIP size {name!r}; expected one of {sorted(CLIP_SIZES)}")
+    embed, size, patch, i_width, i_depth, i_heads, t_width, t_depth, t_heads = CLIP_SIZES[name]
+    m = config.model
+    m.embed_dim = embed
+    m.image.update(
+        dict(
+            image_size=size,
+            patch_size=patch,
+            width=i_width,
+            depth=i_depth,
+            heads=i_heads,
+            mlp_ratio=4.0,
+            act="quick_gelu",
+            pool="cls",
+            ln_pre=True,
+            patch_bias=False,
+        )
+    )
+    m.text.update(
+        dict(
+            vocab_size=CLIP_VOCAB,
+            context_length=CLIP_CONTEXT,
+            width=t_width,
+            depth=t_depth,
+            heads=t_heads,
+            mlp_ratio=4.0,
+            act="quick_gelu",
+        )
+    )
+    config.data.image_size = size
+    config.tokenizer.context_length = CLIP_CONTEXT
