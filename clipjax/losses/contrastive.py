@@ -24,12 +24,15 @@ from jax.sharding import PartitionSpec as P
 from clipjax.losses.geometry import alignment_sum, centroid_gap, local_uniformity, uniformity
 from clipjax.losses.sigmoid import sigmoid_local_sum
 from clipjax.losses.strategies import (
+    GROUP,
     LOSS_AXES,
     MEMBER,
     STRATEGIES,
     PairScorer,
     group_size_for,
     loss_mesh,
+    pmax_all,
+    psum_all,
     varying,
 )
 from clipjax.parallel import axis_size, axis_tuple
@@ -131,14 +134,14 @@ def _per_device(image, text, scale, bias, *, spec, scorer, batch, groups, with_m
     scale, bias = varying(scale), varying(bias)
     group_batch = batch // groups
     if spec.kind == "sigmoid":
-        loss = jax.lax.psum(sigmoid_local_sum(scorer, image, text, scale, bias), LOSS_AXES) / batch
+        loss = psum_all(sigmoid_local_sum(scorer, image, text, scale, bias)) / batch
     else:
         local = _softmax_local_sum(spec, scorer, image, text, scale, group_batch)
-        loss = jax.lax.psum(local, LOSS_AXES) / (2 * batch)
+        loss = psum_all(local) / (2 * batch)
     out = {"contrastive_loss": loss}
 
     if spec.alignment_weight or with_metrics:
-        out["alignment"] = jax.lax.psum(alignment_sum(image, text), LOSS_AXES) / batch
+        out["alignment"] = psum_all(alignment_sum(image, text)) / batch
         loss = loss + spec.alignment_weight * out["alignment"]
     uniformity_terms = {  # name: (weight in the loss, rows, columns)
         "uniformity_image": (spec.uniformity_weight / 2, image, image),
@@ -149,7 +152,7 @@ def _per_device(image, text, scale, bias, *, spec, scorer, batch, groups, with_m
         if weight:
             out[name] = uniformity(scorer, rows, cols, group_batch, groups)
             loss = loss + weight * out[name]
-        elif with_metrics and (estimate := local_uniformity(rows, cols, LOSS_AXES)) is not None:
+        elif with_metrics and (estimate := local_uniformity(rows, cols)) is not None:
             out[name] = estimate  # logged only: skips the strategy's extra all-pairs pass
     if not with_metrics:
         return loss, {}
@@ -165,14 +168,12 @@ def _geometry_metrics(image, text, scale, bias, spec, batch, groups, terms):
     group_positive = jax.lax.psum(positive, MEMBER)
     negative = (group_pairs - group_positive) / max(group_batch * (group_batch - 1), 1)
     metrics = {
-        "temperature": 1.0 / jax.lax.pmax(scale, LOSS_AXES),
-        "positive_similarity": jax.lax.psum(positive, LOSS_AXES) / batch,
-        "negative_similarity": jax.lax.psum(negative, LOSS_AXES[0]) / groups,
-        "modality_gap": centroid_gap(
-            jax.lax.psum(image_sum, LOSS_AXES), jax.lax.psum(text_sum, LOSS_AXES), batch
-        ),
+        "temperature": 1.0 / pmax_all(scale),
+        "positive_similarity": psum_all(positive) / batch,
+        "negative_similarity": jax.lax.psum(negative, GROUP) / groups,
+        "modality_gap": centroid_gap(psum_all(image_sum), psum_all(text_sum), batch),
         **terms,
     }
     if spec.kind == "sigmoid":
-        metrics["bias"] = jax.lax.pmax(bias, LOSS_AXES)
+        metrics["bias"] = pmax_all(bias)
     return metrics

@@ -15,7 +15,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from clipjax.losses.strategies import GROUP, MEMBER, PairScorer
+from clipjax.losses.strategies import GROUP, MEMBER, PairScorer, psum_all
 
 
 def alignment_sum(image, text) -> jax.Array:
@@ -34,7 +34,7 @@ def uniformity(scorer: PairScorer, rows, cols, group_batch: int, groups: int) ->
     return jax.lax.psum(value, GROUP) / groups
 
 
-def local_uniformity(rows, cols, axes: tuple[str, ...]) -> jax.Array | None:
+def local_uniformity(rows, cols) -> jax.Array | None:
     """The same statistic over each device's own rows only, averaged over devices:
     a communication-free estimate for logging when the term is not in the loss.
     None when a device holds a single row (there is no pair to measure)."""
@@ -44,7 +44,8 @@ def local_uniformity(rows, cols, axes: tuple[str, ...]) -> jax.Array | None:
     scores = 4.0 * rows @ cols.T
     scores = jnp.where(jnp.eye(count, dtype=bool), -jnp.inf, scores)
     value = jax.nn.logsumexp(scores) - 4.0 - math.log(count * (count - 1))
-    return jax.lax.pmean(value, axes)
+    devices = jax.lax.psum(1, MEMBER) * jax.lax.psum(1, GROUP)
+    return psum_all(value) / devices
 
 
 def centroid_gap(image_sum, text_sum, batch: int) -> jax.Array:

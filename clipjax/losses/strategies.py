@@ -60,7 +60,21 @@ def loss_mesh(mesh: Mesh, batch_axes: str | Sequence[str] | None, group_size: in
 def varying(x: jax.Array) -> jax.Array:
     """Marks a value that is the same on every device as device-varying, so it can
     meet per-device values in custom VJPs and loops (its gradient is then summed)."""
-    return jax.lax.pcast(x, LOSS_AXES, to="varying")
+    # One axis at a time: the transpose is then psum_all's two collectives.
+    return jax.lax.pcast(jax.lax.pcast(x, GROUP, to="varying"), MEMBER, to="varying")
+
+
+def psum_all(x):
+    """Sum over every device of the loss mesh, as one collective per loss axis.
+
+    A single psum over both axes makes XLA abort (jax 0.12, CPU) when a group
+    boundary splits a training-mesh axis, e.g. groups of 4 on data=4 x fsdp=2.
+    """
+    return jax.lax.psum(jax.lax.psum(x, MEMBER), GROUP)
+
+
+def pmax_all(x):
+    return jax.lax.pmax(jax.lax.pmax(x, MEMBER), GROUP)
 
 
 @dataclass(frozen=True)
