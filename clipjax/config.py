@@ -56,6 +56,12 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
 def _coerce(path: str, old: Any, new: Any) -> Any:
     """Returns `new` converted to the type of `old`, or raises ConfigError."""
     if old is None or new is None:
@@ -96,7 +102,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
             node = _child(node, name, ".".join(parents[: depth + 1]))
         if leaf not in node:
             raise ConfigError(_unknown_field(path, node))
-        value = _coerce(path, node[leaf], _parse_value(raw))
+        old = node[leaf]
+        # A string field takes the text as written ("none" stays "none", not None).
+        parsed = _unquote(raw) if isinstance(old, str) else _parse_value(raw)
+        value = _coerce(path, old, parsed)
         with node.ignore_type():
             node[leaf] = value
 

@@ -11,7 +11,7 @@ from clipjax.data.tokenizers import build_tokenizer
 from clipjax.evaluate.runner import EVAL_KINDS, EVAL_SOURCES
 from clipjax.losses.contrastive import LossSpec
 from clipjax.models import MODELS
-from clipjax.models.layers import ACTIVATIONS, dtype_of
+from clipjax.models.layers import ACTIVATIONS, REMAT_POLICIES, dtype_of
 from clipjax.models.vit import POOLS
 from clipjax.parallel import axis_tuple, resolve_mesh_shape, rules_table
 from clipjax.train.optim import OPTIMIZERS, SCHEDULES
@@ -125,6 +125,7 @@ def _model(c, problems: list[str]) -> None:
             problems.append(f"model.{tower}.width={t.width} is not divisible by heads={t.heads}")
         _choice(problems, f"model.{tower}.act", t.act, ACTIVATIONS)
     _choice(problems, "model.image.pool", m.image.pool, POOLS)
+    _choice(problems, "model.remat", m.remat, REMAT_POLICIES)
     if m.image.image_size % m.image.patch_size:
         problems.append(
             f"model.image.image_size={m.image.image_size} is not divisible by "

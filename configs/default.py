@@ -40,6 +40,8 @@ def get_config(arg=None):
     c.model.logit_bias_init = None  # a float adds SigLIP's learned bias (SigLIP: -10.0)
     c.model.dtype = "float32"
     c.model.param_dtype = "float32"
+    c.model.scan_layers = False  # stack blocks on a `layers` axis and nnx.scan over them
+    c.model.remat = "none"  # none | full | dots: what a block keeps for the backward pass
     c.model.image = ml_collections.ConfigDict(
         dict(
             image_size=32,
@@ -103,6 +105,7 @@ def get_config(arg=None):
         ("heads", "tensor"),
         ("kv", None),
         ("vocab", "tensor"),
+        ("layers", None),
     )
 
     c.evals = ml_collections.ConfigDict()

@@ -24,6 +24,10 @@ def test_variant_and_overrides_apply_with_types():
     assert config.model.image.act == "quick_gelu"
     assert tuple(config.data.crop_scale) == (0.5, 1.0)
     assert config.tokenizer.lowercase is False
+    apply_overrides(config, ["model.remat=none", "data.text_key='json.caption'"])
+    assert config.model.remat == "none" and config.data.text_key == "json.caption"
+    apply_overrides(config, ["model.logit_bias_init=-10"])  # a None field takes a literal
+    assert config.model.logit_bias_init == -10
 
 
 def test_cli_splits_both_override_spellings():

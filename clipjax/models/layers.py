@@ -140,7 +140,17 @@ class Block(nnx.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+REMAT_POLICIES = {
+    "none": None,  # keep every activation
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+}
+
+
 class Transformer(nnx.Module):
+    """`depth` blocks, either unrolled or stacked on a leading `layers` axis and run
+    with `nnx.scan` (one compiled block however deep), optionally rematerialised."""
+
     def __init__(
         self,
         width: int,
@@ -149,21 +159,53 @@ class Transformer(nnx.Module):
         mlp_ratio: float,
         act: str,
         *,
+        scan: bool = False,
+        remat: str = "none",
         dtype,
         param_dtype,
         rngs: nnx.Rngs,
     ):
-        self.blocks = nnx.List(
-            [
-                Block(width, heads, mlp_ratio, act, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-                for _ in range(depth)
-            ]
-        )
+        if remat not in REMAT_POLICIES:
+            raise ValueError(
+                f"remat={remat!r} is unknown; expected one of {sorted(REMAT_POLICIES)}"
+            )
+        self.scan = scan
+        self.remat = remat
+
+        def block(rngs: nnx.Rngs) -> Block:
+            return Block(
+                width, heads, mlp_ratio, act, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+            )
+
+        if scan:
+            stack = nnx.vmap(
+                block, in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"}
+            )
+            self.blocks = nnx.split_rngs(splits=depth)(stack)(rngs)
+        else:
+            self.blocks = nnx.List([block(rngs) for _ in range(depth)])
 
     def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
-        for block in self.blocks:
-            x = block(x, causal=causal)
-        return x
+        def apply(block: Block, x: jax.Array) -> jax.Array:
+            return block(x, causal=causal)
+
+        if self.remat != "none":
+            apply = nnx.remat(apply, policy=REMAT_POLICIES[self.remat])
+        if not self.scan:
+            for block in self.blocks:
+                x = apply(block, x)
+            return x
+
+        def body(x, block):
+            return apply(block, x)
+
+        scanned = nnx.scan(
+            body,
+            in_axes=(nnx.Carry, 0),
+            out_axes=nnx.Carry,
+            transform_metadata={nnx.PARTITION_NAME: "layers"},
+        )
+        return scanned(x, self.blocks)
 
 
 def dtype_of(name: str) -> jnp.dtype:

@@ -16,7 +16,9 @@ class TextTransformer(nnx.Module):
     its position is the argmax of the token ids.
     """
 
-    def __init__(self, cfg, embed_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg, embed_dim: int, *, scan: bool, remat: str, dtype, param_dtype, rngs: nnx.Rngs
+    ):
         width = cfg.width
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.token_embed = nnx.Embed(
@@ -32,7 +34,9 @@ class TextTransformer(nnx.Module):
             (None, "embed"),
             param_dtype,
         )
-        self.encoder = Transformer(width, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.act, **kw)
+        self.encoder = Transformer(
+            width, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.act, scan=scan, remat=remat, **kw
+        )
         self.ln_final = layer_norm(width, **kw)
         self.proj = nnx.Linear(
             width,

@@ -25,7 +25,13 @@ class TwoTower(nnx.Module):
     """CLIP-style model; `__call__` returns L2-normalised float32 embeddings."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
-        kw = dict(dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype), rngs=rngs)
+        kw = dict(
+            dtype=dtype_of(cfg.dtype),
+            param_dtype=dtype_of(cfg.param_dtype),
+            rngs=rngs,
+            scan=cfg.scan_layers,
+            remat=cfg.remat,
+        )
         self.image = VisionTransformer(cfg.image, cfg.embed_dim, **kw)
         self.text = TextTransformer(cfg.text, cfg.embed_dim, **kw)
         log_scale = math.log(1.0 / cfg.temperature_init)

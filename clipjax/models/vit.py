@@ -14,7 +14,9 @@ POOLS = ("cls", "gap")
 class VisionTransformer(nnx.Module):
     """Patchify, (class token), position embedding, pre-LN encoder, pool, project."""
 
-    def __init__(self, cfg, embed_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg, embed_dim: int, *, scan: bool, remat: str, dtype, param_dtype, rngs: nnx.Rngs
+    ):
         if cfg.pool not in POOLS:
             raise ValueError(f"image.pool={cfg.pool!r} is unknown; expected one of {POOLS}")
         width, patch = cfg.width, cfg.patch_size
@@ -37,7 +39,9 @@ class VisionTransformer(nnx.Module):
             self.cls_token = param(rngs, normal, (width,), ("embed",), param_dtype)
         self.pos_embed = param(rngs, normal, (tokens, width), (None, "embed"), param_dtype)
         self.ln_pre = layer_norm(width, **kw) if cfg.ln_pre else None
-        self.encoder = Transformer(width, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.act, **kw)
+        self.encoder = Transformer(
+            width, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.act, scan=scan, remat=remat, **kw
+        )
         self.ln_post = layer_norm(width, **kw)
         self.proj = nnx.Linear(
             width,
