@@ -5,19 +5,31 @@ import json
 from clipjax.cli import main
 
 
-def test_train_command_writes_config_metrics_and_tensorboard(tmp_path, digits_cache, capsys):
-    code = main(
+def train_tiny(workdir, cache, *overrides: str) -> int:
+    return main(
         [
             "train",
             "--config",
             "configs/default.py:tiny",
             "--workdir",
-            str(tmp_path),
-            f"--config.data.cache_dir={digits_cache}",
-            "--config.train.steps=4",
-            "--config.train.log_every=2",
-            "--config.mesh.data=-1",
+            str(workdir),
+            f"--config.data.cache_dir={cache}",
+            *overrides,
         ]
+    )
+
+
+def metric_rows(workdir) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_command_writes_config_metrics_and_tensorboard(tmp_path, digits_cache, capsys):
+    code = train_tiny(
+        tmp_path,
+        digits_cache,
+        "--config.train.steps=4",
+        "--config.train.log_every=2",
+        "--config.mesh.data=-1",
     )
     assert code == 0
     out = capsys.readouterr().out
@@ -26,7 +38,7 @@ def test_train_command_writes_config_metrics_and_tensorboard(tmp_path, digits_ca
 
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["train"]["steps"] == 4
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = metric_rows(tmp_path)
     assert [row["step"] for row in rows] == [2, 4]
     assert {
         "train/loss",
@@ -37,43 +49,26 @@ def test_train_command_writes_config_metrics_and_tensorboard(tmp_path, digits_ca
     assert 0.0 <= rows[-1]["zeroshot/digits/top1"] <= 1.0
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
-    assert (
-        main(
-            [
-                "train",
-                "--config",
-                "configs/default.py:tiny",
-                "--workdir",
-                str(tmp_path),
-                f"--config.data.cache_dir={digits_cache}",
-                "--config.train.steps=3",
-                "--config.train.log_every=2",
-            ]
-        )
-        == 0
+    code = train_tiny(
+        tmp_path, digits_cache, "--config.train.steps=3", "--config.train.log_every=2"
     )
+    assert code == 0
     assert (tmp_path / "metrics.previous-1.jsonl").exists()
 
 
 def test_divergence_stops_with_a_clear_error_and_keeps_metrics(tmp_path, digits_cache, capsys):
-    code = main(
-        [
-            "train",
-            "--config",
-            "configs/default.py:tiny",
-            "--workdir",
-            str(tmp_path),
-            f"--config.data.cache_dir={digits_cache}",
-            "--config.train.steps=6",
-            "--config.train.log_every=1",
-            "--config.optim.lr=1e30",
-            "--config.optim.clip_norm=0",
-            "--config.optim.warmup_steps=0",
-        ]
+    code = train_tiny(
+        tmp_path,
+        digits_cache,
+        "--config.train.steps=6",
+        "--config.train.log_every=1",
+        "--config.optim.lr=1e30",
+        "--config.optim.clip_norm=0",
+        "--config.optim.warmup_steps=0",
     )
     assert code == 1
     err = capsys.readouterr().err
     assert "training diverged: non-finite training metrics at step" in err
     assert "train/loss" in err
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = metric_rows(tmp_path)
     assert rows and all(row["step"] < 6 for row in rows)

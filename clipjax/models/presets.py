@@ -50,3 +50,20 @@ def apply_clip_size(config: ml_collections.ConfigDict, name: str) -> None:
     )
     config.data.image_size = size
     config.tokenizer.context_length = CLIP_CONTEXT
+
+
+def clip_config(name: str) -> ml_collections.ConfigDict:
+    """The embedded default with OpenAI's `name` towers, reading the user's webdataset
+    shards (`data.train_shards`) with OpenAI's image normalisation."""
+    from clipjax.config import DEFAULT_CONFIG, load_config
+
+    config = load_config(str(DEFAULT_CONFIG))
+    with config.unlocked():
+        apply_clip_size(config, name)
+        config.data.source = "shards"
+        config.data.image_key = "jpg;jpeg;png;webp"
+        config.data.crop_scale = (0.9, 1.0)
+        config.data.mean = (0.48145466, 0.4578275, 0.40821073)
+        config.data.std = (0.26862954, 0.26130258, 0.27577711)
+        config.evals = {}
+    return config
