@@ -44,20 +44,28 @@ class PairBatcher:
         self.stats = stats
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        def decode(sample: dict):
+            return read_image(sample, self.image_keys, self.max_pixels), read_text(
+                sample, self.text_key
+            )
+
         images, texts = [], []
-        for sample in self.samples:
-            try:
-                image = read_image(sample, self.image_keys, self.max_pixels)
-                text = read_text(sample, self.text_key)
-            except BadSample as exc:
-                self.stats.count("skipped_samples")
-                log.warning("skipping sample in %s: %s", sample.get("__url__"), exc)
-                continue
+        for image, text in decoded(self.samples, decode, self.stats):
             images.append(self.transform(image, self.rng))
             texts.append(text)
             if len(images) == self.batch_size:
                 yield {"image": np.stack(images), "text": self.tokenizer(texts)}
                 images, texts = [], []
+
+
+def decoded(samples: Iterable[dict], decode: Callable, stats: DataStats) -> Iterator:
+    """`decode(sample)` for each sample; a BadSample is counted, warned about and skipped."""
+    for sample in samples:
+        try:
+            yield decode(sample)
+        except BadSample as exc:
+            stats.count("skipped_samples")
+            log.warning("skipping sample in %s: %s", sample.get("__url__"), exc)
 
 
 def labelled_images(
@@ -70,14 +78,11 @@ def labelled_images(
     """Every (image, .cls label) pair of a finite sample stream, in order."""
     rng = np.random.default_rng(0)
     images, labels = [], []
-    for sample in samples:
-        try:
-            image = read_image(sample, image_keys, max_pixels)
-            label = read_label(sample)
-        except BadSample as exc:
-            stats.count("skipped_samples")
-            log.warning("skipping eval sample in %s: %s", sample.get("__url__"), exc)
-            continue
+
+    def decode(sample: dict):
+        return read_image(sample, image_keys, max_pixels), read_label(sample)
+
+    for image, label in decoded(samples, decode, stats):
         images.append(transform(image, rng))
         labels.append(label)
     if not images:

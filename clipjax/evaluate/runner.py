@@ -75,11 +75,10 @@ class Evaluator:
         self.total_steps = config.train.steps
 
         def encoder(method: str) -> Callable:
-            fn = jax.jit(
+            return jax.jit(
                 lambda params, x: getattr(nnx.merge(spec.graphdef, params), method)(x),
                 in_shardings=(param_shardings, None),
             )
-            return fn
 
         self._encode_image = encoder("encode_image")
         self._encode_text = encoder("encode_text")

@@ -47,6 +47,19 @@ def layer_norm(width: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNo
     )
 
 
+def projection(width: int, embed_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    """A tower's bias-free projection into the shared embedding space."""
+    return nnx.Linear(
+        width,
+        embed_dim,
+        use_bias=False,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+        kernel_init=init(nnx.initializers.normal(width**-0.5), ("embed", None)),
+    )
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention; kernels are `(embed, heads, kv)` and `(heads, kv, embed)`."""
 

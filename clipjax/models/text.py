@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from clipjax.models.layers import Transformer, init, layer_norm, param
+from clipjax.models.layers import Transformer, init, layer_norm, param, projection
 
 
 class TextTransformer(nnx.Module):
@@ -38,13 +38,7 @@ class TextTransformer(nnx.Module):
             width, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.act, scan=scan, remat=remat, **kw
         )
         self.ln_final = layer_norm(width, **kw)
-        self.proj = nnx.Linear(
-            width,
-            embed_dim,
-            use_bias=False,
-            **kw,
-            kernel_init=init(nnx.initializers.normal(width**-0.5), ("embed", None)),
-        )
+        self.proj = projection(width, embed_dim, **kw)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         x = self.token_embed(tokens)

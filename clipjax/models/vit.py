@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from clipjax.models.layers import ZEROS, Transformer, init, layer_norm, param
+from clipjax.models.layers import ZEROS, Transformer, init, layer_norm, param, projection
 
 POOLS = ("cls", "gap")
 
@@ -43,13 +43,7 @@ class VisionTransformer(nnx.Module):
             width, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.act, scan=scan, remat=remat, **kw
         )
         self.ln_post = layer_norm(width, **kw)
-        self.proj = nnx.Linear(
-            width,
-            embed_dim,
-            use_bias=False,
-            **kw,
-            kernel_init=init(nnx.initializers.normal(width**-0.5), ("embed", None)),
-        )
+        self.proj = projection(width, embed_dim, **kw)
         self.dtype = dtype
 
     def __call__(self, images: jax.Array) -> jax.Array:

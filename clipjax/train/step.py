@@ -83,10 +83,14 @@ def make_grad_fn(
         frozen = jax.lax.stop_gradient(params)
         _, (images, texts) = jax.lax.scan(lambda c, mb: (c, embed(frozen, mb)), None, micro)
         image, text = merge_micro(images, shards), merge_micro(texts, shards)
-        scalars = (params["logit_scale"], params.get("logit_bias"))
-        (loss, metrics), (g_image, g_text, *g_scalars) = jax.value_and_grad(
-            loss_of, argnums=(0, 1, 2, 3) if scalars[1] is not None else (0, 1, 2), has_aux=True
-        )(image, text, *scalars)
+        scalars = {k: params[k] for k in ("logit_scale", "logit_bias") if k in params}
+
+        def loss_of_embeddings(image, text, scalars):
+            return loss_of(image, text, scalars["logit_scale"], scalars.get("logit_bias"))
+
+        (loss, metrics), (g_image, g_text, g_scalars) = jax.value_and_grad(
+            loss_of_embeddings, argnums=(0, 1, 2), has_aux=True
+        )(image, text, scalars)
 
         def backward(acc, xs):
             mb, gi, gt = xs
@@ -100,7 +104,7 @@ def make_grad_fn(
         grads, _ = jax.lax.scan(
             backward, jax.tree.map(jnp.zeros_like, params), (micro, *cotangents)
         )
-        for name, g in zip(("logit_scale", "logit_bias"), g_scalars, strict=False):
+        for name, g in g_scalars.items():
             grads[name] = grads[name] + g
         return loss, metrics, grads
 
