@@ -33,6 +33,7 @@ FIELD_TYPES = {
     "optim.clip_norm": float,
     "data.image_size": int,
     "data.shuffle_buffer": int,
+    "data.workers": int,
     "model.embed_dim": int,
     "model.temperature_init": float,
     **{
@@ -160,6 +161,9 @@ def _data(c, problems: list[str]) -> None:
     _choice(problems, "data.source", c.data.source, DATA_SOURCES)
     if c.data.source == "shards" and not c.data.train_shards:
         problems.append("data.source='shards' needs data.train_shards (a brace spec of tar files)")
+    _choice(problems, "data.mode", c.data.mode, ("epoch", "resampled"))
+    if c.data.workers < 0:
+        problems.append(f"data.workers={c.data.workers}; expected 0 (inline) or more")
     _attempt(problems, parse_keys, c.data.image_key)
     if c.data.text_key.split(".")[0] not in ("txt", "json"):
         problems.append(f"data.text_key={c.data.text_key!r}; expected 'txt' or 'json.<field>'")

@@ -25,7 +25,9 @@ def get_config(arg=None):
     c.data.mean = (0.5, 0.5, 0.5)
     c.data.std = (0.5, 0.5, 0.5)
     c.data.crop_scale = (0.7, 1.0)  # random-resized-crop area range; (1.0, 1.0) disables
+    c.data.mode = "epoch"  # epoch: every shard once per epoch | resampled: with replacement
     c.data.shuffle_buffer = 2000
+    c.data.workers = 0  # decoding processes; 0 decodes in the loader thread
     c.data.max_pixels = 64_000_000
 
     c.tokenizer = ml_collections.ConfigDict()

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from clipjax.data.decode import BadSample, ImageTransform, load_image, parse_keys, read_text
-from clipjax.data.loader import PairBatcher, prefetch
+from clipjax.data.loader import PairLoader, Prefetch
+from clipjax.data.pipeline import PairDecoder
 from clipjax.data.shards import DataStats, SampleStream, expand_urls, process_shards
 from clipjax.data.tokenizers import ByteTokenizer
 from clipjax.data.writer import TRAIN_TEMPLATES, ZEROSHOT_TEMPLATES, build_digits_shards
@@ -58,6 +59,16 @@ def test_shards_split_between_processes_without_overlap():
         process_shards(urls, 0, 0, True, 0, 12)
 
 
+def _decoder(size: int, crop_scale=(1.0, 1.0)) -> PairDecoder:
+    return PairDecoder(
+        transform=ImageTransform(size, (0,) * 3, (1,) * 3, crop_scale != (1.0, 1.0), crop_scale),
+        image_keys=("png",),
+        text_key="txt",
+        max_pixels=10_000,
+        seed=(0,),
+    )
+
+
 def _png(color=0) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), (color, color, color)).save(buffer, format="PNG")
@@ -83,21 +94,9 @@ def test_corrupt_and_captionless_samples_are_counted_not_fatal(tmp_path):
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     stats = DataStats()
-    stream = SampleStream(
-        [str(path)], seed=0, repeat=False, shuffle_shards=False, shuffle_buffer=0, stats=stats
-    )
-    batcher = PairBatcher(
-        stream,
-        batch_size=2,
-        transform=ImageTransform(8, (0,) * 3, (1,) * 3, False),
-        tokenizer=ByteTokenizer(16),
-        image_keys=("png",),
-        text_key="txt",
-        max_pixels=10_000,
-        seed=0,
-        stats=stats,
-    )
-    batches = list(batcher)
+    stream = SampleStream([str(path)], seed=0, mode="once", stats=stats)
+    loader = PairLoader(stream, _decoder(8), tokenizer=ByteTokenizer(16), batch_size=2, stats=stats)
+    batches = [batch for batch, _ in loader]
     assert len(batches) == 1 and batches[0]["image"].shape == (2, 8, 8, 3)
     assert stats.skipped_samples == 3  # b: corrupt image, c: no caption, e: no allowed image
     assert stats.failed_shards == 0
@@ -109,11 +108,7 @@ def test_truncated_shard_is_counted(tmp_path, digits_cache):
     broken = tmp_path / "broken.tar"
     broken.write_bytes(data[: len(data) // 3 + 100])
     stats = DataStats()
-    samples = list(
-        SampleStream(
-            [str(broken)], seed=0, repeat=False, shuffle_shards=False, shuffle_buffer=0, stats=stats
-        )
-    )
+    samples = list(SampleStream([str(broken)], seed=0, mode="once", stats=stats))
     assert 0 < len(samples) < 512
     assert stats.failed_shards == 1
 
@@ -122,9 +117,10 @@ def test_unreadable_data_everywhere_is_a_clear_error(tmp_path):
     empty = tmp_path / "empty.tar"
     with tarfile.open(empty, "w"):
         pass
-    stream = SampleStream([str(empty)], seed=0, repeat=True, shuffle_shards=True, shuffle_buffer=0)
-    with pytest.raises(RuntimeError, match="no sample could be read"):
-        next(iter(stream))
+    for mode in ("epoch", "resampled"):
+        stream = SampleStream([str(empty)], seed=0, mode=mode)
+        with pytest.raises(RuntimeError, match="no sample could be read"):
+            next(iter(stream))
 
 
 def test_decompression_bomb_and_disallowed_keys():
@@ -143,7 +139,7 @@ def test_same_seed_same_order(digits_cache):
     urls = build_digits_shards(digits_cache).train_urls()
 
     def keys(seed):
-        stream = SampleStream(urls, seed=seed, repeat=True, shuffle_shards=True, shuffle_buffer=100)
+        stream = SampleStream(urls, seed=seed, shuffle_buffer=100)
         return [s["__key__"] for s, _ in zip(stream, range(300), strict=False)]
 
     assert keys(1) == keys(1)
@@ -165,7 +161,7 @@ def test_prefetch_reraises_producer_errors():
         yield 1
         raise OSError("disk gone")
 
-    iterator = prefetch(broken())
+    iterator = Prefetch(broken())
     assert next(iterator) == 1
     with pytest.raises(OSError, match="disk gone"):
         next(iterator)

@@ -1,14 +1,19 @@
-"""Streaming samples out of webdataset tar shards.
+"""Streaming samples out of webdataset tar shards, with a resumable position.
 
-Shards are listed from brace specs, shuffled per epoch with a seed, split
-between processes by `jax.process_index()`, read with webdataset's tar
-iterator (no torch involved) and passed through a seeded shuffle buffer.
-Unreadable shards and samples are counted and warned about, never fatal on
-their own.
+Shards are listed from brace specs and assigned to this process by
+`jax.process_index()`: in `epoch` mode a seeded permutation per epoch split
+every n-th, in `resampled` mode drawn with replacement from a per-process
+seed, in `once` mode (evaluation) each shard of this process read once.
+Samples pass through a seeded shuffle buffer. The stream's `state()` is a
+small JSON-able dict (shard cursor, buffer references, emitted count) from
+which `restore()` continues with exactly the samples an uninterrupted stream
+would have produced. Unreadable shards and samples are counted and warned
+about, never fatal on their own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -19,6 +24,10 @@ from braceexpand import braceexpand
 from webdataset import tariterators
 
 log = logging.getLogger(__name__)
+
+MODES = ("epoch", "resampled", "once")
+STATE_VERSION = 1
+_DRAW_BLOCK = 4096  # shuffle-buffer draws generated per seeded block
 
 
 def expand_urls(spec: str) -> list[str]:
@@ -52,15 +61,22 @@ def process_shards(
     urls: list[str], epoch: int, seed: int, shuffle: bool, process_index: int, process_count: int
 ) -> list[str]:
     """This process's shards for `epoch`: a seeded permutation, then every n-th."""
-    if len(urls) < process_count:
+    order = _epoch_order(len(urls), epoch, seed, shuffle, process_index, process_count)
+    return [urls[i] for i in order]
+
+
+def _epoch_order(
+    n: int, epoch: int, seed: int, shuffle: bool, process_index: int, process_count: int
+) -> list[int]:
+    if n < process_count:
         raise ValueError(
-            f"{len(urls)} shard(s) cannot be split between {process_count} processes; "
-            "write more, smaller shards"
+            f"{n} shard(s) cannot be split between {process_count} processes; "
+            "write more, smaller shards or use data.mode='resampled'"
         )
-    order = list(urls)
+    order = np.arange(n)
     if shuffle:
         np.random.default_rng((seed, epoch)).shuffle(order)
-    return order[process_index::process_count]
+    return order[process_index::process_count].tolist()
 
 
 def read_shard(url: str, stats: DataStats) -> Iterator[dict]:
@@ -77,67 +93,182 @@ def read_shard(url: str, stats: DataStats) -> Iterator[dict]:
         log.warning("shard %s: %s", url, errors[0])
 
 
+def urls_fingerprint(urls: list[str]) -> str:
+    return hashlib.sha256("\n".join(urls).encode()).hexdigest()[:16]
+
+
 class SampleStream:
-    """Iterates raw samples: forever (training, new shard order each epoch) or once."""
+    """An iterator of raw samples (dicts of member bytes) with `state()`/`restore()`.
+
+    The k-th shard this process reads is a pure function of (mode, seed, k, process),
+    and buffer slots are drawn from a counter-based seeded sequence, so a position
+    is (next shard k, samples taken from it, buffer references, samples emitted).
+    """
 
     def __init__(
         self,
         urls: list[str],
         *,
         seed: int,
-        repeat: bool,
-        shuffle_shards: bool,
-        shuffle_buffer: int,
+        mode: str = "epoch",
+        shuffle_shards: bool = True,
+        shuffle_buffer: int = 0,
         process_index: int = 0,
         process_count: int = 1,
         stats: DataStats | None = None,
     ):
-        self.urls = urls
+        if mode not in MODES:
+            raise ValueError(f"data mode {mode!r}; expected one of {MODES}")
+        if not urls:
+            raise ValueError("no shard URLs given")
+        self.urls = list(urls)
         self.seed = seed
-        self.repeat = repeat
+        self.mode = mode
         self.shuffle_shards = shuffle_shards
-        self.shuffle_buffer = shuffle_buffer
+        self.buffer_size = max(1, shuffle_buffer)
         self.process_index = process_index
         self.process_count = process_count
         self.stats = stats or DataStats()
+        self._per_epoch = 0
+        if mode != "resampled":
+            self._per_epoch = len(self._order(0))
+        self._orders: dict[int, list[int]] = {}
+        self._draws: tuple[int, np.ndarray] | None = None
+        self._reset(emitted=0, shard=0, offset=0)
 
-    def _unshuffled(self) -> Iterator[dict]:
-        epoch = 0
+    # -- positions --------------------------------------------------------
+
+    def _reset(self, emitted: int, shard: int, offset: int) -> None:
+        self.emitted = emitted
+        self.shard = shard  # index k of the shard being read (or next to open)
+        self.offset = offset  # samples already taken from shard k
+        self.buffer: list[tuple[tuple[int, int], dict]] = []
+        self._reader: Iterator[dict] | None = None
+        self._empty_run = 0
+
+    def _order(self, epoch: int) -> list[int]:
+        shuffle = self.shuffle_shards and self.mode == "epoch"
+        return _epoch_order(
+            len(self.urls), epoch, self.seed, shuffle, self.process_index, self.process_count
+        )
+
+    def shard_url(self, k: int) -> str | None:
+        """URL of the k-th shard this process reads; None when a `once` stream is done."""
+        if self.mode == "resampled":
+            rng = np.random.default_rng((self.seed, self.process_index, k, 3))
+            return self.urls[int(rng.integers(len(self.urls)))]
+        epoch, position = divmod(k, self._per_epoch)
+        if self.mode == "once" and epoch > 0:
+            return None
+        if epoch not in self._orders:
+            self._orders = {epoch: self._order(epoch)}
+        return self.urls[self._orders[epoch][position]]
+
+    # -- reading ----------------------------------------------------------
+
+    def _next_raw(self) -> tuple[tuple[int, int], dict] | None:
+        """The next sample in shard order with its reference (k, index), or None at the end."""
         while True:
-            shards = process_shards(
-                self.urls,
-                epoch,
-                self.seed,
-                self.shuffle_shards,
-                self.process_index,
-                self.process_count,
-            )
-            produced = 0
-            for url in shards:
-                for sample in read_shard(url, self.stats):
-                    produced += 1
-                    yield sample
-            if not self.repeat:
-                return
-            if produced == 0:
-                raise RuntimeError(
-                    f"no sample could be read from any of {len(shards)} shard(s) "
-                    f"(first: {shards[0]!r}); see the warnings above"
-                )
-            epoch += 1
+            if self._reader is None:
+                url = self.shard_url(self.shard)
+                if url is None:
+                    return None
+                self._reader = _skip(read_shard(url, self.stats), self.offset)
+            sample = next(self._reader, None)
+            if sample is not None:
+                ref = (self.shard, self.offset)
+                self.offset += 1
+                self._empty_run = 0
+                return ref, sample
+            self._end_shard()
 
-    def __iter__(self) -> Iterator[dict]:
-        if self.shuffle_buffer <= 1:
-            yield from self._unshuffled()
-            return
-        rng = np.random.default_rng((self.seed, self.process_index, 1))
-        buffer: list[dict] = []
-        for sample in self._unshuffled():
-            if len(buffer) < self.shuffle_buffer:
-                buffer.append(sample)
-                continue
-            index = int(rng.integers(len(buffer)))
-            buffer[index], sample = sample, buffer[index]
-            yield sample
-        rng.shuffle(buffer)
-        yield from buffer
+    def _end_shard(self) -> None:
+        if self.offset == 0:
+            self._empty_run += 1
+            limit = self._per_epoch or len(self.urls)
+            if self._empty_run >= limit and self.mode != "once":
+                raise RuntimeError(
+                    f"no sample could be read from {self._empty_run} shard(s) in a row "
+                    f"(last: {self.shard_url(self.shard)!r}); see the warnings above"
+                )
+        self.shard += 1
+        self.offset = 0
+        self._reader = None
+
+    def _slot(self) -> int:
+        block, index = divmod(self.emitted, _DRAW_BLOCK)
+        if self._draws is None or self._draws[0] != block:
+            rng = np.random.default_rng((self.seed, self.process_index, block, 5))
+            self._draws = (block, rng.integers(0, 2**62, size=_DRAW_BLOCK))
+        return int(self._draws[1][index] % len(self.buffer))
+
+    def __iter__(self) -> SampleStream:
+        return self
+
+    def __next__(self) -> dict:
+        while len(self.buffer) < self.buffer_size:
+            item = self._next_raw()
+            if item is None:
+                break
+            self.buffer.append(item)
+        if not self.buffer:
+            raise StopIteration
+        slot = self._slot()
+        _, sample = self.buffer[slot]
+        self.buffer[slot] = self.buffer[-1]
+        self.buffer.pop()
+        self.emitted += 1
+        return sample
+
+    # -- state ------------------------------------------------------------
+
+    def state(self) -> dict:
+        """The position after the last emitted sample, as plain JSON types."""
+        return {
+            "version": STATE_VERSION,
+            "mode": self.mode,
+            "seed": self.seed,
+            "process": [self.process_index, self.process_count],
+            "urls": [len(self.urls), urls_fingerprint(self.urls)],
+            "buffer_size": self.buffer_size,
+            "emitted": self.emitted,
+            "shard": self.shard,
+            "offset": self.offset,
+            "buffer": [list(ref) for ref, _ in self.buffer],
+        }
+
+    def restore(self, state: dict) -> None:
+        """Continues from `state()` of a stream built with the same arguments."""
+        expected = self.state()
+        for key in ("version", "mode", "seed", "process", "urls", "buffer_size"):
+            if state.get(key) != expected[key]:
+                raise ValueError(
+                    f"data state was saved with {key}={state.get(key)!r} but this stream has "
+                    f"{key}={expected[key]!r}; it cannot continue that position"
+                )
+        self._reset(state["emitted"], state["shard"], state["offset"])
+        self.buffer = self._refetch([tuple(ref) for ref in state["buffer"]])
+
+    def _refetch(self, refs: list[tuple[int, int]]) -> list[tuple[tuple[int, int], dict]]:
+        """Reads the buffered samples again from their shards, keeping buffer order."""
+        found: dict[tuple[int, int], dict] = {}
+        for k in sorted({k for k, _ in refs}):
+            wanted = {i for kk, i in refs if kk == k}
+            url = self.shard_url(k)
+            for index, sample in enumerate(read_shard(url, self.stats)):
+                if index in wanted:
+                    found[(k, index)] = sample
+                if index >= max(wanted):
+                    break
+        missing = [ref for ref in refs if ref not in found]
+        if missing:
+            self.stats.count("skipped_samples", len(missing))
+            log.warning("%d buffered sample(s) could not be read again on resume", len(missing))
+        return [(ref, found[ref]) for ref in refs if ref in found]
+
+
+def _skip(samples: Iterator[dict], count: int) -> Iterator[dict]:
+    for _ in range(count):
+        if next(samples, None) is None:
+            break
+    return samples

@@ -88,9 +88,7 @@ class Evaluator:
         if cfg.kind not in EVAL_KINDS:
             raise ValueError(f"evals.{name}.kind={cfg.kind!r}; expected one of {EVAL_KINDS}")
         dataset = resolve_zeroshot_set(name, cfg, data_cfg)
-        stream = SampleStream(
-            list(dataset.shard_urls), seed=0, repeat=False, shuffle_shards=False, shuffle_buffer=0
-        )
+        stream = SampleStream(list(dataset.shard_urls), seed=0, mode="once", shuffle_shards=False)
         transform = ImageTransform(data_cfg.image_size, data_cfg.mean, data_cfg.std, train=False)
         images, labels = labelled_images(
             stream, transform, parse_keys(data_cfg.image_key), data_cfg.max_pixels, DataStats()
