@@ -1,6 +1,10 @@
-"""`clipjax train` (more subcommands come with their issues).
+"""clipjax: train CLIP-style models, export their params.
 
 clipjax train [--config=FILE.py[:variant]] [--workdir=DIR] [--config.a.b=value ...]
+clipjax convert --checkpoint=WORKDIR_OR_CHECKPOINT_DIR --out=DIR [--step=N] [--format=...]
+
+Exit codes: 0 done, 1 diverged or failed, 2 bad config or arguments,
+75 preempted (SIGTERM; a checkpoint was saved, rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from clipjax.config import ConfigError, apply_overrides, load_config
+from clipjax.train.preemption import PREEMPTED_EXIT_CODE, Preempted
 
 OVERRIDE_PREFIX = "--config."
 
@@ -49,17 +54,28 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--workdir",
         default="workdir",
-        help="where config.json, metrics.jsonl and TensorBoard files go",
+        help="where config.json, metrics.jsonl, TensorBoard files and checkpoints/ go; "
+        "a workdir with checkpoints resumes from the latest",
+    )
+    convert = commands.add_parser(
+        "convert", help="write a checkpoint's params as safetensors/npz with its config"
+    )
+    convert.add_argument(
+        "--checkpoint", required=True, help="a workdir, its checkpoints/ or one step directory"
+    )
+    convert.add_argument("--out", required=True, help="output directory")
+    convert.add_argument("--step", type=int, default=None, help="default: the latest step")
+    convert.add_argument(
+        "--format", choices=("safetensors", "npz", "both"), default="both", dest="fmt"
     )
     return parser
 
 
 def _summary(result, workdir: str) -> str:
-    lines = [
-        "",
-        f"trained {result.steps} steps in {result.wall_seconds:.1f} s wall clock "
-        f"(final loss {result.losses[-1]:.4f})",
-    ]
+    done = result.steps - result.start_step
+    resumed = f", resumed from step {result.start_step}" if result.start_step else ""
+    final = f" (final loss {result.losses[-1]:.4f})" if result.losses else ""
+    lines = ["", f"trained {done} steps in {result.wall_seconds:.1f} s wall clock{resumed}{final}"]
     for key, value in sorted(result.final_metrics.items()):
         if key.startswith("zeroshot/"):
             lines.append(f"  {key:<40} {value:.4f}")
@@ -75,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rest, overrides = _split_overrides(argv)
     args = _parser().parse_args(rest)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "convert":
+        return _convert(args)
     try:
         config = load_config(args.config)
         apply_overrides(config, overrides)
@@ -87,7 +105,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FloatingPointError as exc:
         print(f"clipjax: training diverged: {exc}", file=sys.stderr)
         return 1
+    except Preempted as exc:
+        print(f"clipjax: {exc}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     print(_summary(result, args.workdir))
+    return 0
+
+
+def _convert(args) -> int:
+    from clipjax.export import FORMATS, export_params
+
+    formats = FORMATS if args.fmt == "both" else (args.fmt,)
+    try:
+        written = export_params(args.checkpoint, args.out, formats, args.step)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"clipjax: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import ml_collections
 
@@ -34,6 +35,9 @@ FIELD_TYPES = {
     "data.image_size": int,
     "data.shuffle_buffer": int,
     "data.workers": int,
+    "checkpoint.every": int,
+    "checkpoint.keep": int,
+    "checkpoint.keep_period": int,
     "model.embed_dim": int,
     "model.temperature_init": float,
     **{
@@ -197,6 +201,18 @@ def _optim_and_train(c, problems: list[str]) -> None:
         problems.append(f"train.accum_steps={c.train.accum_steps} must be at least 1")
 
 
+def _checkpoint(c, problems: list[str]) -> None:
+    k = c.checkpoint
+    for field in ("every", "keep", "keep_period"):
+        if k[field] < 0:
+            problems.append(f"checkpoint.{field}={k[field]} must be >= 0")
+    if not isinstance(k.async_save, bool):
+        problems.append(f"checkpoint.async_save={k.async_save!r} must be true or false")
+    init_from = c.get("init_from", "")
+    if init_from and "://" not in init_from and not Path(init_from).exists():
+        problems.append(f"init_from={init_from!r} does not exist")
+
+
 def _evals(c, problems: list[str]) -> None:
     for name, e in c.evals.items():
         if not isinstance(e, ml_collections.ConfigDict):
@@ -216,7 +232,7 @@ def config_problems(
     problems: list[str] = []
     if not _types(c, problems):
         return problems  # the checks below do arithmetic on these fields
-    for check in (_model, _text, _data, _optim_and_train, _evals):
+    for check in (_model, _text, _data, _optim_and_train, _checkpoint, _evals):
         check(c, problems)
     _mesh_and_batch(c, num_devices, num_processes, problems)
     return problems

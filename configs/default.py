@@ -99,6 +99,15 @@ def get_config(arg=None):
     c.train.log_every = 50
     c.train.accum_steps = 1  # micro-batches per step; the loss still contrasts the whole batch
 
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = (
+        500  # steps between saves (the last step is always saved); 0: only the last
+    )
+    c.checkpoint.keep = 3  # most recent checkpoints kept; 0 keeps all
+    c.checkpoint.keep_period = 0  # also keep every step divisible by this; 0: none
+    c.checkpoint.async_save = True  # training continues while a checkpoint is written
+    c.init_from = ""  # params (only) from a checkpoint dir: fine-tuning, LiT
+
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.sharding_rules = (
         ("batch", ("data", "fsdp")),

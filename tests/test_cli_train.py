@@ -50,9 +50,16 @@ def test_train_command_writes_config_metrics_and_tensorboard(tmp_path, digits_ca
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
     code = train_tiny(
-        tmp_path, digits_cache, "--config.train.steps=3", "--config.train.log_every=2"
+        tmp_path, digits_cache, "--config.train.steps=6", "--config.train.log_every=2"
     )
     assert code == 0
+    assert "trained 2 steps" in (out := capsys.readouterr().out) and "resumed from step 4" in out
+    assert [row["step"] for row in metric_rows(tmp_path)] == [2, 4, 6]
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "checkpoints")  # no checkpoint: a fresh run, old metrics kept aside
+    assert train_tiny(tmp_path, digits_cache, "--config.train.steps=3") == 0
     assert (tmp_path / "metrics.previous-1.jsonl").exists()
 
 

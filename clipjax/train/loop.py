@@ -1,4 +1,4 @@
-"""The trainer: build mesh, data, state and evals, then loop."""
+"""The trainer: build mesh, data, state, restore, then loop."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import jax
 import ml_collections
 
+from clipjax.checkpoint import Checkpoints, load_params
 from clipjax.config import save_config, validate
-from clipjax.data.loader import prefetch, to_global, train_batches
+from clipjax.data.loader import Prefetch, to_global, train_loader
 from clipjax.data.shards import DataStats
 from clipjax.data.tokenizers import build_tokenizer
 from clipjax.evaluate.runner import Evaluator
@@ -20,7 +21,8 @@ from clipjax.losses import LossSpec
 from clipjax.metrics import MetricWriter, Throughput, print_progress, progress_line
 from clipjax.parallel import batch_sharding, build_mesh, rules_table
 from clipjax.train.optim import build_optimizer, learning_rate_schedule
-from clipjax.train.state import create_train_state
+from clipjax.train.preemption import Preempted, PreemptionWatch
+from clipjax.train.state import StatePlan, plan_train_state, state_as_dict, state_from_dict
 from clipjax.train.step import make_grad_fn, make_train_step
 
 log = logging.getLogger(__name__)
@@ -30,12 +32,59 @@ log = logging.getLogger(__name__)
 class TrainResult:
     steps: int
     wall_seconds: float
+    start_step: int = 0
     losses: list[float] = field(default_factory=list)
     final_metrics: dict[str, float] = field(default_factory=dict)
     params: dict | None = None
 
 
-def _archive_previous_metrics(workdir: Path) -> None:
+def checkpoints_for(config, workdir: Path) -> Checkpoints:
+    c = config.checkpoint
+    return Checkpoints(
+        workdir / "checkpoints",
+        every=c.every,
+        keep=c.keep,
+        keep_period=c.keep_period,
+        async_save=c.async_save,
+    )
+
+
+def initial_state(config, plan: StatePlan, checkpoints: Checkpoints):
+    """(state, this process's loader state or None, start step): the latest complete
+    checkpoint if there is one, else a fresh init (with `init_from`'s params)."""
+    latest = checkpoints.latest_step()
+    if latest is not None:
+        restored = checkpoints.restore(latest, state_as_dict(plan.abstract))
+        log.warning("resuming from the checkpoint at step %d", latest)
+        return state_from_dict(restored.state), restored.loader, latest
+    state = plan.init()
+    if config.init_from:
+        params = load_params(config.init_from, plan.abstract.params)
+        state = state.replace(params=params)
+    return state, None, 0
+
+
+def trim_metrics(workdir: Path, after_step: int) -> None:
+    """Drops logged rows past the resumed step: the resumed run logs them again."""
+    path = workdir / "metrics.jsonl"
+    if jax.process_index() != 0 or not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _logged_step(line) <= after_step]
+    if len(kept) != len(lines):
+        path.write_text("".join(kept))
+
+
+def _logged_step(line: str) -> int:
+    import json
+
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return -1  # a torn last line from a killed run
+
+
+def archive_metrics(workdir: Path) -> None:
     """A fresh run keeps an earlier run's metrics under a new name instead of appending."""
     old = workdir / "metrics.jsonl"
     if jax.process_index() == 0 and old.exists():
@@ -46,7 +95,8 @@ def _archive_previous_metrics(workdir: Path) -> None:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) -> TrainResult:
-    """Trains `config` in `workdir` on `devices` (default: all) and returns the outcome."""
+    """Trains `config` in `workdir` on `devices` (default: all), resuming from the
+    workdir's latest checkpoint, and returns the outcome."""
     started = time.perf_counter()
     workdir = Path(workdir)
     devices = list(jax.devices() if devices is None else devices)
@@ -56,30 +106,45 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
     mesh = build_mesh(config.mesh, devices)
     rules = rules_table(config.sharding_rules)
     tokenizer = build_tokenizer(config.tokenizer)
-    stats = DataStats()
-    batches = prefetch(train_batches(config, tokenizer, stats))
-
     schedule = learning_rate_schedule(config.optim, config.train.steps)
     tx = build_optimizer(config.optim, config.train.steps)
-    spec, state, shardings = create_train_state(config.model, config.seed, tx, mesh, rules)
+    plan = plan_train_state(config.model, config.seed, tx, mesh, rules)
+
+    checkpoints = checkpoints_for(config, workdir)
+    state, loader_state, start = initial_state(config, plan, checkpoints)
+    if start:
+        trim_metrics(workdir, start)
+    else:
+        archive_metrics(workdir)
 
     def sharding_for(ndim: int):
         return batch_sharding(mesh, rules, ndim)
 
-    batch_shardings = {"image": sharding_for(4), "text": sharding_for(2)}
+    stats = DataStats()
+    batches = Prefetch(iter(train_loader(config, tokenizer, stats, loader_state)))
     grad_fn = make_grad_fn(
-        spec, LossSpec.from_config(config.loss), mesh, rules.get("batch"), config.train.accum_steps
+        plan.spec,
+        LossSpec.from_config(config.loss),
+        mesh,
+        rules.get("batch"),
+        config.train.accum_steps,
     )
-    step_fn = make_train_step(grad_fn, tx, shardings, batch_shardings, schedule)
-    evaluator = Evaluator(config, spec, tokenizer, sharding_for, shardings.params)
+    batch_shardings = {"image": sharding_for(4), "text": sharding_for(2)}
+    step_fn = make_train_step(grad_fn, tx, plan.shardings, batch_shardings, schedule)
+    evaluator = Evaluator(config, plan.spec, tokenizer, sharding_for, plan.shardings.params)
 
-    _archive_previous_metrics(workdir)
+    result = TrainResult(steps=config.train.steps, wall_seconds=0.0, start_step=start)
+    run = _Run(config, step_fn, batches, sharding_for, evaluator, stats, checkpoints, result)
     writer = MetricWriter(workdir)
-    result = TrainResult(steps=config.train.steps, wall_seconds=0.0)
+    watch = PreemptionWatch(checkpoints.manager.reached_preemption)
     try:
-        _loop(config, state, step_fn, batches, sharding_for, evaluator, writer, stats, result)
+        state = run.loop(state, start, writer, watch)
     finally:
+        watch.close()
+        batches.close()
         writer.close()
+        checkpoints.close()
+    result.params = state.params
     result.wall_seconds = time.perf_counter() - started
     return result
 
@@ -94,24 +159,50 @@ def check_finite(step: int, values: dict) -> None:
         )
 
 
-def _loop(
-    config, state, step_fn, batches, sharding_for, evaluator, writer, stats, result: TrainResult
-) -> None:
-    total = config.train.steps
-    throughput = Throughput(total, config.train.batch_size)
-    for step in range(1, total + 1):
-        batch = to_global(next(batches), sharding_for)
-        state, metrics = step_fn(state, batch)
+@dataclass
+class _Run:
+    config: ml_collections.ConfigDict
+    step_fn: object
+    batches: Prefetch
+    sharding_for: object
+    evaluator: Evaluator
+    stats: DataStats
+    checkpoints: Checkpoints
+    result: TrainResult
+
+    def loop(self, state, start: int, writer: MetricWriter, watch: PreemptionWatch):
+        total = self.config.train.steps
+        throughput = Throughput(total, self.config.train.batch_size, start_step=start)
+        loader_state = None
+        for step in range(start + 1, total + 1):
+            batch, loader_state = next(self.batches)
+            state, metrics = self.step_fn(state, to_global(batch, self.sharding_for))
+            self._log(step, state, metrics, throughput, writer)
+            if step == total:
+                self.checkpoints.save(step, state_as_dict(state), loader_state, force=True)
+            elif watch.reached(step):
+                self.checkpoints.save(step, state_as_dict(state), loader_state, force=True)
+                self.checkpoints.wait()
+                raise Preempted(step)
+            else:
+                self.checkpoints.save(step, state_as_dict(state), loader_state)
+        if start >= total:
+            log.warning("the checkpoint is at step %d of %d: nothing left to train", start, total)
+            self.result.final_metrics.update(
+                writer.write(total, self.evaluator.run(state.params, total, force=True))
+            )
+        return state
+
+    def _log(self, step: int, state, metrics, throughput: Throughput, writer) -> None:
+        total = self.config.train.steps
         values = {}
-        if step % config.train.log_every == 0 or step == total:
+        if step % self.config.train.log_every == 0 or step == total:
             values = {f"train/{k}": v for k, v in jax.device_get(metrics).items()}
             check_finite(step, values)
             values.update(throughput.update(step))
-            values.update(stats.as_metrics())
-            result.losses.append(float(values["train/loss"]))
+            values.update(self.stats.as_metrics())
+            self.result.losses.append(float(values["train/loss"]))
             print_progress(progress_line(step, total, values))
-        eval_metrics = evaluator.run(state.params, step)
+        eval_metrics = self.evaluator.run(state.params, step)
         if values or eval_metrics:
-            logged = writer.write(step, {**values, **eval_metrics})
-            result.final_metrics.update(logged)
-    result.params = state.params
+            self.result.final_metrics.update(writer.write(step, {**values, **eval_metrics}))

@@ -71,6 +71,38 @@ def state_shardings(
     return TrainState(step=replicated, params=params, opt_state=opt_state)
 
 
+@dataclass(frozen=True)
+class StatePlan:
+    """Everything about the train state short of its values."""
+
+    spec: ModelSpec
+    shardings: TrainState
+    abstract: TrainState  # ShapeDtypeStructs carrying `shardings`
+    init: Any  # () -> TrainState, jitted straight into `shardings`
+
+
+def plan_train_state(
+    model_cfg,
+    seed: int,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    rules: dict[str, MeshAxes],
+) -> StatePlan:
+    """Shapes and shardings of the state, and its initialiser; nothing allocated."""
+    spec = model_spec(model_cfg)
+
+    def init() -> TrainState:
+        params = _new_params(model_cfg, seed)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    abstract = jax.eval_shape(init)
+    shardings = state_shardings(spec, abstract, tx, mesh, rules)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+    return StatePlan(spec, shardings, abstract, jax.jit(init, out_shardings=shardings))
+
+
 def create_train_state(
     model_cfg,
     seed: int,
@@ -79,12 +111,14 @@ def create_train_state(
     rules: dict[str, MeshAxes],
 ) -> tuple[ModelSpec, TrainState, TrainState]:
     """Initialises parameters and optimizer state directly in their shardings."""
-    spec = model_spec(model_cfg)
+    plan = plan_train_state(model_cfg, seed, tx, mesh, rules)
+    return plan.spec, plan.init(), plan.shardings
 
-    def init() -> TrainState:
-        params = _new_params(model_cfg, seed)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
-    shardings = state_shardings(spec, jax.eval_shape(init), tx, mesh, rules)
-    state = jax.jit(init, out_shardings=shardings)()
-    return spec, state, shardings
+def state_as_dict(state: TrainState) -> dict:
+    """The checkpointed form: plain dict keys, whatever TrainState becomes later."""
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+
+
+def state_from_dict(saved: dict) -> TrainState:
+    return TrainState(step=saved["step"], params=saved["params"], opt_state=saved["opt_state"])

@@ -1,0 +1,244 @@
+"""Orbax checkpoints: train state, per-process loader state, resharded restore.
+
+A checkpoint is a `CheckpointManager` step directory holding two items:
+`state` (step, params, optimizer state; written by every process for its
+shards, asynchronously) and `loader` (one JSON file per process with that
+process's data position). Orbax writes each step under a temporary name and
+renames it when complete, so a process killed mid-save leaves the previous
+checkpoints intact and the partial one is never picked up.
+
+Restores build their targets from the *current* mesh's shardings, so a
+checkpoint restores onto any mesh shape or device count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+log = logging.getLogger(__name__)
+
+STATE, LOADER = "state", "loader"
+
+
+class LoaderStateMissing(FileNotFoundError):
+    """The checkpoint holds no loader state for this process (e.g. the process count changed)."""
+
+
+def _loader_file() -> str:
+    return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+
+class LoaderStateHandler(ocp.handlers.CheckpointHandler):
+    """Each process writes and reads its own JSON file inside the item directory."""
+
+    def save(self, directory: epath.Path, args: LoaderStateSave) -> None:
+        (directory / _loader_file()).write_text(json.dumps(args.state))
+
+    def restore(self, directory: epath.Path, args: LoaderStateRestore | None = None) -> dict:
+        path = directory / _loader_file()
+        if not path.exists():
+            saved = sorted(p.name for p in directory.iterdir())
+            raise LoaderStateMissing(f"no {path.name} in {directory} (it holds {saved})")
+        return json.loads(path.read_text())
+
+
+@ocp.args.register_with_handler(LoaderStateHandler, for_save=True)
+@dataclasses.dataclass
+class LoaderStateSave(ocp.args.CheckpointArgs):
+    state: dict
+
+
+@ocp.args.register_with_handler(LoaderStateHandler, for_restore=True)
+@dataclasses.dataclass
+class LoaderStateRestore(ocp.args.CheckpointArgs):
+    pass
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs carrying the shardings a restore should produce."""
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+
+
+@dataclasses.dataclass
+class Restored:
+    step: int
+    state: dict  # {"step", "params", "opt_state"} as saved
+    loader: dict | None  # this process's loader state; None if it has none
+
+
+class Checkpoints:
+    """Saves every `every` steps (and when forced), keeps the last `keep` plus every
+    `keep_period`-th, and restores the latest complete one."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        every: int,
+        keep: int = 3,
+        keep_period: int = 0,
+        async_save: bool = True,
+    ):
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=max(every, 1),
+            max_to_keep=keep or None,
+            keep_period=keep_period or None,
+            enable_async_checkpointing=async_save,
+            create=True,
+            cleanup_tmp_directories=True,
+        )
+        self.directory = epath.Path(directory)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.every = every
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: dict, loader: dict | None, force: bool = False) -> bool:
+        """Starts a save if `step` is due (or `force`); returns whether it started."""
+        if not force and (self.every <= 0 or not self.manager.should_save(step)):
+            return False
+        args = {STATE: ocp.args.StandardSave(state)}
+        if loader is not None:
+            args[LOADER] = LoaderStateSave(loader)
+        return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+
+    def restore(self, step: int, target: dict) -> Restored:
+        """Restores `step` into `target` (ShapeDtypeStructs with the current shardings)."""
+        state = self.manager.restore(
+            step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target)})
+        )[STATE]
+        loader = None
+        if LOADER in self._items(step):
+            try:
+                loader = self.manager.restore(
+                    step, args=ocp.args.Composite(**{LOADER: LoaderStateRestore()})
+                )[LOADER]
+            except LoaderStateMissing as exc:
+                log.warning("checkpoint %d: %s; the data stream starts afresh", step, exc)
+        return Restored(step, state, loader)
+
+    def _items(self, step: int) -> list[str]:
+        return [p.name for p in (self.directory / str(step)).iterdir() if p.is_dir()]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def resolve_step_dir(path: str | Path, step: int | None = None) -> tuple[epath.Path, int]:
+    """A checkpoints directory (latest or `step`) or one step directory -> (root, step)."""
+    path = epath.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint path {path} does not exist")
+    if (path / STATE).is_dir():
+        return path.parent, int(path.name)
+    if (path / "checkpoints").is_dir() and not _steps(path):
+        path = path / "checkpoints"
+    steps = _steps(path)
+    if not steps:
+        raise FileNotFoundError(
+            f"{path} holds no complete checkpoint (expected numbered step directories "
+            f"with a '{STATE}' item)"
+        )
+    if step is None:
+        return path, max(steps)
+    if step not in steps:
+        raise FileNotFoundError(f"{path} has no checkpoint for step {step}; it has {steps}")
+    return path, step
+
+
+def _steps(path: epath.Path) -> list[int]:
+    return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / STATE).is_dir())
+
+
+def saved_params_metadata(path: str | Path, step: int | None = None) -> tuple[Any, int]:
+    """Shapes and dtypes of the saved params (no arrays read)."""
+    root, step = resolve_step_dir(path, step)
+    metadata = ocp.StandardCheckpointHandler().metadata(root / str(step) / STATE)
+    tree = metadata.item_metadata if hasattr(metadata, "item_metadata") else metadata
+    return tree["params"], step
+
+
+def load_params(path: str | Path, target: Any, step: int | None = None) -> Any:
+    """Only the params of a checkpoint, restored into `target`'s shapes and shardings.
+
+    A parameter missing from either side or with another shape is an error that
+    names it; the optimizer state in the checkpoint is never read.
+    """
+    root, step = resolve_step_dir(path, step)
+    saved, _ = saved_params_metadata(root, step)
+    _check_same_shapes(saved, target, str(root / str(step)))
+    handler = ocp.PyTreeCheckpointHandler()
+    item = {"params": target}
+    restored = handler.restore(
+        root / str(step) / STATE,
+        args=ocp.args.PyTreeRestore(
+            item=item,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True,
+        ),
+    )
+    return restored["params"]
+
+
+def _check_same_shapes(saved: Any, target: Any, where: str) -> None:
+    saved_flat = _flat(saved)
+    target_flat = _flat(target)
+    problems = [
+        f"{name}: checkpoint {tuple(saved_flat[name].shape)}, model {tuple(t.shape)}"
+        for name, t in target_flat.items()
+        if name in saved_flat and tuple(saved_flat[name].shape) != tuple(t.shape)
+    ]
+    problems += [f"{name}: missing from the checkpoint" for name in target_flat.keys() - saved_flat]
+    problems += [f"{name}: not in this model" for name in saved_flat.keys() - target_flat]
+    if problems:
+        raise ValueError(f"params in {where} do not fit this model:\n  " + "\n  ".join(problems))
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    leaves = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict)
+    )[0]
+    return {"/".join(_key(k) for k in path): leaf for path, leaf in leaves}
+
+
+def _key(entry) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def flat_params(params: Any) -> dict[str, np.ndarray]:
+    """`{"image/blocks/0/attn/query/kernel": array, ...}` on the host."""
+    return {name: np.asarray(jax.device_get(value)) for name, value in _flat(params).items()}
+
+
+def read_params(path: str | Path, step: int | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """All params of a checkpoint on this host, flattened by name, whatever mesh wrote it."""
+    saved, step = saved_params_metadata(path, step)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device),
+        saved,
+        is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict),
+    )
+    return flat_params(load_params(path, target, step)), step

@@ -1,0 +1,61 @@
+"""`clipjax convert`: a checkpoint's params as safetensors and/or npz, config beside.
+
+Names are the params' paths joined by '/', e.g. `image/blocks/0/attn/query/kernel`
+(with scanned blocks the leading axis of `blocks/...` is the layer).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from clipjax.checkpoint import read_params, resolve_step_dir
+
+FORMATS = ("safetensors", "npz")
+
+
+def export_params(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    formats: tuple[str, ...] = FORMATS,
+    step: int | None = None,
+) -> list[Path]:
+    """Writes `params.<format>` and `config.json` into `out_dir`; returns the files."""
+    unknown = set(formats) - set(FORMATS)
+    if unknown or not formats:
+        raise ValueError(f"formats {sorted(unknown) or formats}; expected some of {FORMATS}")
+    root, step = resolve_step_dir(checkpoint, step)
+    params, step = read_params(root, step)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    metadata = {"clipjax_step": str(step), "source": str(root / str(step))}
+    if "safetensors" in formats:
+        from safetensors.numpy import save_file
+
+        save_file(
+            {k: np.ascontiguousarray(v) for k, v in params.items()},
+            out / "params.safetensors",
+            metadata=metadata,
+        )
+        written.append(out / "params.safetensors")
+    if "npz" in formats:
+        np.savez(out / "params.npz", **params)
+        written.append(out / "params.npz")
+    config = _config_beside(Path(str(root)))
+    if config is not None:
+        shutil.copyfile(config, out / "config.json")
+        written.append(out / "config.json")
+    (out / "export.json").write_text(json.dumps({**metadata, "params": len(params)}, indent=1))
+    return written
+
+
+def _config_beside(root: Path) -> Path | None:
+    """The run's config.json: in the workdir above `checkpoints/`."""
+    for candidate in (root / "config.json", root.parent / "config.json"):
+        if candidate.exists():
+            return candidate
+    return None
