@@ -1,0 +1,150 @@
+"""Real signals against real training processes: SIGTERM saves and exits 75;
+SIGKILL at random moments never costs more than the steps since the last
+complete checkpoint, and the run still ends with the uninterrupted params."""
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipjax.checkpoint import read_params, resolve_step_dir
+from clipjax.train.preemption import PREEMPTED_EXIT_CODE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _start(workdir: Path, cache: Path, steps: int, every: int) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    args = [
+        sys.executable,
+        "-m",
+        "clipjax.cli",
+        "train",
+        f"--config={ROOT / 'configs/default.py'}:tiny",
+        f"--workdir={workdir}",
+        f"--config.data.cache_dir={cache}",
+        f"--config.train.steps={steps}",
+        "--config.train.batch_size=16",
+        "--config.train.log_every=1",
+        "--config.data.shuffle_buffer=100",
+        f"--config.checkpoint.every={every}",
+        "--config.checkpoint.keep=2",
+    ]
+    attempt = len(list(workdir.glob("stderr-*"))) if workdir.exists() else 0
+    workdir.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env=env,
+        stdout=(workdir / f"stdout-{attempt}").open("w"),
+        stderr=(workdir / f"stderr-{attempt}").open("w"),
+    )
+
+
+def _steps_logged(workdir: Path) -> list[int]:
+    path = workdir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    steps = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError, KeyError):  # a line being written
+            steps.append(json.loads(line)["step"])
+    return steps
+
+
+def _wait_for_step_after(process, workdir: Path, step: int, timeout: float = 180) -> bool:
+    """True once a step > `step` is logged; False if the process ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(s > step for s in _steps_logged(workdir)):
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.05)
+    process.kill()
+    raise TimeoutError(f"no step after {step} within {timeout} s; see {workdir}/stderr-*")
+
+
+def _last_stderr(workdir: Path) -> str:
+    return sorted(workdir.glob("stderr-*"), key=lambda p: int(p.name.split("-")[1]))[-1].read_text()
+
+
+def test_sigterm_saves_at_the_step_reached_and_resume_continues(tmp_path, digits_cache):
+    workdir = tmp_path / "run"
+    stopped_at = 0
+    for _ in range(2):
+        process = _start(workdir, digits_cache, steps=2000, every=1000)
+        assert _wait_for_step_after(process, workdir, stopped_at + 2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == PREEMPTED_EXIT_CODE, _last_stderr(workdir)
+        err = _last_stderr(workdir)
+        _, step = resolve_step_dir(workdir)
+        assert f"preempted: checkpoint saved at step {step}" in err
+        assert step > stopped_at + 2
+        if stopped_at:
+            assert f"resuming from the checkpoint at step {stopped_at}" in err
+        logged = _steps_logged(workdir)
+        assert logged == list(range(1, step + 1))  # resumed rows continue, none twice
+        stopped_at = step
+
+
+def _kill_and_resume(tmp_path, cache, kills: int, steps: int = 300) -> None:
+    straight = tmp_path / "straight"
+    assert _start(straight, cache, steps, every=2).wait(timeout=600) == 0
+    reference, _ = read_params(straight)
+
+    workdir, rng, killed, resumed_from = tmp_path / "killed", random.Random(0), 0, []
+    while True:
+        process = _start(workdir, cache, steps, every=2)
+        logged_before = max(_steps_logged(workdir), default=0)
+        if killed < kills and _wait_for_step_after(process, workdir, logged_before):
+            time.sleep(rng.uniform(0.0, 1.0))
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                killed += 1
+                resumed_from.append(_latest_loadable(workdir))
+                continue
+        assert process.wait(timeout=600) == 0, _last_stderr(workdir)
+        break
+    assert killed == kills and any(resumed_from)
+    if resumed_from[-1]:
+        assert f"resuming from the checkpoint at step {resumed_from[-1]}" in _last_stderr(workdir)
+    final, step = read_params(workdir)
+    assert step == steps
+    for name, value in reference.items():
+        np.testing.assert_array_equal(final[name], value, err_msg=name)
+    assert _losses(workdir) == _losses(straight)
+
+
+def _latest_loadable(workdir: Path) -> int:
+    """The step a restart will resume from (0: none yet), checked to load."""
+    try:
+        _, latest = resolve_step_dir(workdir)
+    except FileNotFoundError:
+        return 0  # killed before the first save completed: the restart begins afresh
+    read_params(workdir, latest)
+    return latest
+
+
+def _losses(workdir: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [(row["step"], row["train/loss"]) for row in rows if "train/loss" in row]
+
+
+def test_sigkill_during_training_and_saves_resumes_to_the_same_params(tmp_path, digits_cache):
+    _kill_and_resume(tmp_path, digits_cache, kills=2, steps=80)
+
+
+@pytest.mark.slow
+def test_sigkill_twelve_times_resumes_to_the_same_params(tmp_path, digits_cache):
+    _kill_and_resume(tmp_path, digits_cache, kills=12, steps=600)
