@@ -90,8 +90,15 @@ class Checkpoints:
         keep_period: int = 0,
         async_save: bool = True,
     ):
+        policies = ocp.checkpoint_managers
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=max(every, 1),
+            # Orbax's default also saves the first step; `every` alone is what users expect.
+            save_decision_policy=policies.AnySavePolicy(
+                [
+                    policies.FixedIntervalPolicy(max(every, 1)),
+                    policies.PreemptionCheckpointingPolicy(),
+                ]
+            ),
             max_to_keep=keep or None,
             keep_period=keep_period or None,
             enable_async_checkpointing=async_save,

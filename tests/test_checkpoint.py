@@ -126,3 +126,19 @@ def test_convert_writes_safetensors_and_npz_with_config(tiny_config, tmp_path, c
     assert read_params(tmp_path / "run")[1] == 2
     assert main(["convert", "--checkpoint", str(tmp_path / "none"), "--out", "y"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_saves_every_n_steps_and_keeps_the_last_and_the_periodic(tmp_path):
+    import jax.numpy as jnp
+
+    checkpoints = Checkpoints(tmp_path, every=2, keep=2, keep_period=4)
+    for step in range(1, 12):
+        checkpoints.save(step, {"w": jnp.full((3,), float(step))}, {"position": step})
+    checkpoints.save(11, {"w": jnp.full((3,), 11.0)}, {"position": 11}, force=True)
+    checkpoints.close()
+    assert sorted(Checkpoints(tmp_path, every=2).all_steps()) == [4, 8, 10, 11]
+    restored = Checkpoints(tmp_path, every=2).restore(
+        8, {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}
+    )
+    assert restored.loader == {"position": 8}
+    np.testing.assert_array_equal(restored.state["w"], np.full(3, 8.0))

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,13 +22,19 @@ from clipjax.train.preemption import PREEMPTED_EXIT_CODE
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _start(workdir: Path, cache: Path, steps: int, every: int) -> subprocess.Popen:
+def _start(
+    workdir: Path, cache: Path, steps: int, every: int, process: tuple[int, int, int] | None = None
+) -> subprocess.Popen:
+    """`clipjax train` in a subprocess with 2 CPU devices; `process` = (id, count, port)
+    runs it as one process of a `jax.distributed` run."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    launcher = ["-m", "clipjax.cli"]
+    if process is not None:
+        launcher = [str(ROOT / "tests/helpers/distributed_train.py"), *map(str, process)]
     args = [
         sys.executable,
-        "-m",
-        "clipjax.cli",
+        *launcher,
         "train",
         f"--config={ROOT / 'configs/default.py'}:tiny",
         f"--workdir={workdir}",
@@ -39,8 +46,8 @@ def _start(workdir: Path, cache: Path, steps: int, every: int) -> subprocess.Pop
         f"--config.checkpoint.every={every}",
         "--config.checkpoint.keep=2",
     ]
-    attempt = len(list(workdir.glob("stderr-*"))) if workdir.exists() else 0
     workdir.mkdir(parents=True, exist_ok=True)
+    attempt = len(list(workdir.glob("stderr-*")))
     return subprocess.Popen(
         args,
         cwd=ROOT,
@@ -48,6 +55,12 @@ def _start(workdir: Path, cache: Path, steps: int, every: int) -> subprocess.Pop
         stdout=(workdir / f"stdout-{attempt}").open("w"),
         stderr=(workdir / f"stderr-{attempt}").open("w"),
     )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _steps_logged(workdir: Path) -> list[int]:
@@ -95,6 +108,30 @@ def test_sigterm_saves_at_the_step_reached_and_resume_continues(tmp_path, digits
         logged = _steps_logged(workdir)
         assert logged == list(range(1, step + 1))  # resumed rows continue, none twice
         stopped_at = step
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path, digits_cache):
+    """jax.distributed's preemption sync point: the signalled process and the other one
+    save the same step together, exit 75, and both resume from it."""
+    workdir = tmp_path / "run"
+    port = _free_port()
+    processes = [_start(workdir, digits_cache, 2000, 1000, process=(i, 2, port)) for i in range(2)]
+    assert _wait_for_step_after(processes[0], workdir, 2)
+    processes[1].send_signal(signal.SIGTERM)
+    assert [p.wait(timeout=120) for p in processes] == [PREEMPTED_EXIT_CODE] * 2
+    _, step = resolve_step_dir(workdir)
+    loader_files = sorted(p.name for p in (workdir / f"checkpoints/{step}/loader").iterdir())
+    assert loader_files[-2:] == ["process_0-of-2.json", "process_1-of-2.json"]
+    for err in sorted(workdir.glob("stderr-*")):
+        assert f"preempted: checkpoint saved at step {step}" in err.read_text()
+    port = _free_port()
+    processes = [_start(workdir, digits_cache, 2000, 1000, process=(i, 2, port)) for i in range(2)]
+    assert _wait_for_step_after(processes[0], workdir, step)
+    for p in processes:
+        p.send_signal(signal.SIGTERM)
+    assert [p.wait(timeout=120) for p in processes] == [PREEMPTED_EXIT_CODE] * 2
+    assert _steps_logged(workdir) == list(range(1, resolve_step_dir(workdir)[1] + 1))
+    assert "resuming from the checkpoint at step" in (workdir / "stderr-2").read_text()
 
 
 def _kill_and_resume(tmp_path, cache, kills: int, steps: int = 300) -> None:
