@@ -1,6 +1,7 @@
 """clipjax: train CLIP-style models, export their params.
 
 clipjax train [--config=FILE.py[:variant]] [--workdir=DIR] [--config.a.b=value ...]
+clipjax shards (--from-folder DIR | --from-csv FILE | --from-digits) --out DIR
 clipjax convert --checkpoint=WORKDIR_OR_CHECKPOINT_DIR --out=DIR [--step=N] [--format=...]
 
 Exit codes: 0 done, 1 diverged or failed, 2 bad config or arguments,
@@ -68,7 +69,59 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--format", choices=("safetensors", "npz", "both"), default="both", dest="fmt"
     )
+    shards = commands.add_parser(
+        "shards", help="write webdataset shards from an image folder, a CSV/TSV or the digits"
+    )
+    source = shards.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-folder", help="one subfolder of images per class")
+    source.add_argument("--from-csv", help=".csv or .tsv with a header (path and caption)")
+    source.add_argument("--from-digits", action="store_true", help="the bundled digits")
+    shards.add_argument("--out", required=True, help="output directory (no shards in it yet)")
+    shards.add_argument("--samples-per-shard", type=int, default=10000)
+    shards.add_argument("--path-column", default="path")
+    shards.add_argument("--caption-column", default="caption")
+    shards.add_argument(
+        "--templates", help="file of caption templates with {c}, one per line (folders)"
+    )
+    shards.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _shards(args) -> int:
+    from pathlib import Path
+
+    from clipjax.data import make_shards as ms
+
+    out = Path(args.out)
+    try:
+        if args.samples_per_shard < 1:
+            raise ValueError(f"--samples-per-shard={args.samples_per_shard} must be positive")
+        if args.from_digits:
+            from clipjax.data.writer import build_digits_shards
+
+            built = build_digits_shards(out, samples_per_shard=args.samples_per_shard)
+            print(f"digits shards: {built.root}/train, zero-shot set: {built.zeroshot_dir}")
+            return 0
+        report = ms.ShardReport()
+        if args.from_folder:
+            templates = ms.FOLDER_TEMPLATES
+            if args.templates:
+                templates = tuple(
+                    t for t in Path(args.templates).read_text().splitlines() if t.strip()
+                )
+            samples = ms.folder_samples(Path(args.from_folder), templates, args.seed, report)
+        else:
+            table = Path(args.from_csv)
+            samples = ms.csv_samples(table, args.path_column, args.caption_column, report)
+        ms.write_new_shards(samples, out, args.samples_per_shard, report)
+    except (OSError, ValueError) as exc:
+        print(f"clipjax: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {report.written} samples in {len(report.shards)} shard(s) to {out} "
+        f"(skipped {report.skipped})"
+    )
+    return 0
 
 
 def _summary(result, workdir: str) -> str:
@@ -93,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "convert":
         return _convert(args)
+    if args.command == "shards":
+        return _shards(args)
     try:
         config = load_config(args.config)
         apply_overrides(config, overrides)

@@ -192,3 +192,17 @@ def test_bad_members_and_truncated_tar_are_skipped_and_counted(tmp_path, shard_u
 
 def _text(ids: np.ndarray) -> str:
     return bytes(int(t) - 1 for t in ids if 1 <= t <= 256).decode()
+
+
+def test_pipe_urls_stream_and_unreachable_shards_are_counted(shard_urls, tmp_path):
+    stats = DataStats()
+    urls = [
+        f"pipe:cat {shard_urls[0]}",
+        str(tmp_path / "missing.tar"),
+        "pipe:exit 1",
+        "http://127.0.0.1:9/refused.tar",
+        shard_urls[1],
+    ]
+    keys = [s["__key__"] for s in SampleStream(urls, seed=0, mode="once", stats=stats)]
+    assert len(keys) == 9 + 10 and keys[0] == "s0-000" and keys[-1] == "s1-009"
+    assert stats.failed_shards == 3
