@@ -163,7 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Preempted as exc:
         print(f"clipjax: {exc}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
-    print(_summary(result, args.workdir))
+    import jax
+
+    if jax.process_index() == 0:  # one summary per run, not per process
+        print(_summary(result, args.workdir))
     return 0
 
 
