@@ -63,6 +63,11 @@ class LoaderStateRestore(ocp.args.CheckpointArgs):
     pass
 
 
+def _absolute(path: str | Path) -> epath.Path:
+    text = str(path)
+    return epath.Path(text if "://" in text else Path(text).absolute())
+
+
 def with_shardings(abstract: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs carrying the shardings a restore should produce."""
     return jax.tree.map(
@@ -105,7 +110,7 @@ class Checkpoints:
             create=True,
             cleanup_tmp_directories=True,
         )
-        self.directory = epath.Path(directory)
+        self.directory = _absolute(directory)  # Orbax's tensorstore paths must be absolute
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         self.every = every
 
@@ -152,7 +157,7 @@ class Checkpoints:
 
 def resolve_step_dir(path: str | Path, step: int | None = None) -> tuple[epath.Path, int]:
     """A checkpoints directory (latest or `step`) or one step directory -> (root, step)."""
-    path = epath.Path(path)
+    path = _absolute(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint path {path} does not exist")
     if (path / STATE).is_dir():

@@ -110,7 +110,7 @@ def _first_moments(opt_state):
     return [np.abs(np.asarray(leaf)).sum() for leaf in jax.tree.leaves(opt_state) if leaf.ndim]
 
 
-def test_convert_writes_safetensors_and_npz_with_config(tiny_config, tmp_path, capsys):
+def test_convert_writes_safetensors_and_npz_with_config(tiny_config, tmp_path, capsys, monkeypatch):
     config = _config(tiny_config, "train.steps=2")
     trained = flat_params(loop.train(config, tmp_path / "run").params)
     assert (
@@ -125,13 +125,17 @@ def test_convert_writes_safetensors_and_npz_with_config(tiny_config, tmp_path, c
     assert json.loads((tmp_path / "x" / "config.json").read_text())["train"]["steps"] == 2
     assert read_params(tmp_path / "run")[1] == 2
     assert main(["convert", "--checkpoint", str(tmp_path / "none"), "--out", "y"]) == 2
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed on a command line
+    assert main(["convert", "--checkpoint", "run", "--out", "rel", "--format", "npz"]) == 0
+    assert (tmp_path / "rel" / "params.npz").exists()
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_saves_every_n_steps_and_keeps_the_last_and_the_periodic(tmp_path):
+def test_saves_every_n_steps_and_keeps_the_last_and_the_periodic(tmp_path, monkeypatch):
     import jax.numpy as jnp
 
-    checkpoints = Checkpoints(tmp_path, every=2, keep=2, keep_period=4)
+    monkeypatch.chdir(tmp_path.parent)  # a relative workdir, as `--workdir=workdir` gives
+    checkpoints = Checkpoints(tmp_path.name, every=2, keep=2, keep_period=4)
     for step in range(1, 12):
         checkpoints.save(step, {"w": jnp.full((3,), float(step))}, {"position": step})
     checkpoints.save(11, {"w": jnp.full((3,), 11.0)}, {"position": 11}, force=True)
