@@ -68,13 +68,6 @@ def _absolute(path: str | Path) -> epath.Path:
     return epath.Path(text if "://" in text else Path(text).absolute())
 
 
-def with_shardings(abstract: Any, shardings: Any) -> Any:
-    """ShapeDtypeStructs carrying the shardings a restore should produce."""
-    return jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-    )
-
-
 @dataclasses.dataclass
 class Restored:
     step: int
@@ -181,12 +174,10 @@ def _steps(path: epath.Path) -> list[int]:
     return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / STATE).is_dir())
 
 
-def saved_params_metadata(path: str | Path, step: int | None = None) -> tuple[Any, int]:
-    """Shapes and dtypes of the saved params (no arrays read)."""
-    root, step = resolve_step_dir(path, step)
-    metadata = ocp.StandardCheckpointHandler().metadata(root / str(step) / STATE)
+def _params_metadata(state_dir: epath.Path) -> Any:
+    metadata = ocp.StandardCheckpointHandler().metadata(state_dir)
     tree = metadata.item_metadata if hasattr(metadata, "item_metadata") else metadata
-    return tree["params"], step
+    return tree["params"]
 
 
 def load_params(path: str | Path, target: Any, step: int | None = None) -> Any:
@@ -196,12 +187,14 @@ def load_params(path: str | Path, target: Any, step: int | None = None) -> Any:
     names it; the optimizer state in the checkpoint is never read.
     """
     root, step = resolve_step_dir(path, step)
-    saved, _ = saved_params_metadata(root, step)
-    _check_same_shapes(saved, target, str(root / str(step)))
-    handler = ocp.PyTreeCheckpointHandler()
+    return _restore_params(root / str(step) / STATE, target)
+
+
+def _restore_params(state_dir: epath.Path, target: Any) -> Any:
+    _check_same_shapes(_params_metadata(state_dir), target, str(state_dir.parent))
     item = {"params": target}
-    restored = handler.restore(
-        root / str(step) / STATE,
+    restored = ocp.PyTreeCheckpointHandler().restore(
+        state_dir,
         args=ocp.args.PyTreeRestore(
             item=item,
             restore_args=ocp.checkpoint_utils.construct_restore_args(item),
@@ -225,10 +218,13 @@ def _check_same_shapes(saved: Any, target: Any, where: str) -> None:
         raise ValueError(f"params in {where} do not fit this model:\n  " + "\n  ".join(problems))
 
 
+def _is_array_leaf(x: Any) -> bool:
+    """Arrays, ShapeDtypeStructs and Orbax array metadata (all have a shape)."""
+    return hasattr(x, "shape") and not isinstance(x, dict)
+
+
 def _flat(tree: Any) -> dict[str, Any]:
-    leaves = jax.tree_util.tree_flatten_with_path(
-        tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict)
-    )[0]
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_array_leaf)[0]
     return {"/".join(_key(k) for k in path): leaf for path, leaf in leaves}
 
 
@@ -246,11 +242,12 @@ def flat_params(params: Any) -> dict[str, np.ndarray]:
 
 def read_params(path: str | Path, step: int | None = None) -> tuple[dict[str, np.ndarray], int]:
     """All params of a checkpoint on this host, flattened by name, whatever mesh wrote it."""
-    saved, step = saved_params_metadata(path, step)
+    root, step = resolve_step_dir(path, step)
+    state_dir = root / str(step) / STATE
     device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
     target = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device),
-        saved,
-        is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict),
+        _params_metadata(state_dir),
+        is_leaf=_is_array_leaf,
     )
-    return flat_params(load_params(path, target, step)), step
+    return flat_params(_restore_params(state_dir, target)), step

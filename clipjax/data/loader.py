@@ -87,8 +87,10 @@ class PairLoader:
         while len(snapshots) > 1 and snapshots[1]["emitted"] <= emitted:
             snapshots.popleft()
         snapshot = snapshots[0]
-        stats = {"skipped_samples": self.stats.skipped_samples}
-        stats["failed_shards"] = self.stats.failed_shards
+        stats = {
+            "skipped_samples": self.stats.skipped_samples,
+            "failed_shards": self.stats.failed_shards,
+        }
         return {"stream": snapshot, "skip": emitted - snapshot["emitted"], "stats": stats}
 
 

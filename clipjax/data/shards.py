@@ -251,9 +251,11 @@ class SampleStream:
 
     def _refetch(self, refs: list[tuple[int, int]]) -> list[tuple[tuple[int, int], dict]]:
         """Reads the buffered samples again from their shards, keeping buffer order."""
+        wanted_by_shard: dict[int, set[int]] = {}
+        for k, index in refs:
+            wanted_by_shard.setdefault(k, set()).add(index)
         found: dict[tuple[int, int], dict] = {}
-        for k in sorted({k for k, _ in refs}):
-            wanted = {i for kk, i in refs if kk == k}
+        for k, wanted in sorted(wanted_by_shard.items()):
             url = self.shard_url(k)
             for index, sample in enumerate(read_shard(url, self.stats)):
                 if index in wanted:

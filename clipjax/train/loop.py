@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -76,8 +77,6 @@ def trim_metrics(workdir: Path, after_step: int) -> None:
 
 
 def _logged_step(line: str) -> int:
-    import json
-
     try:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):
@@ -173,19 +172,16 @@ class _Run:
     def loop(self, state, start: int, writer: MetricWriter, watch: PreemptionWatch):
         total = self.config.train.steps
         throughput = Throughput(total, self.config.train.batch_size, start_step=start)
-        loader_state = None
         for step in range(start + 1, total + 1):
             batch, loader_state = next(self.batches)
             state, metrics = self.step_fn(state, to_global(batch, self.sharding_for))
             self._log(step, state, metrics, throughput, writer)
-            if step == total:
-                self.checkpoints.save(step, state_as_dict(state), loader_state, force=True)
-            elif watch.reached(step):
-                self.checkpoints.save(step, state_as_dict(state), loader_state, force=True)
+            preempted = step < total and watch.reached(step)
+            force = preempted or step == total
+            self.checkpoints.save(step, state_as_dict(state), loader_state, force=force)
+            if preempted:
                 self.checkpoints.wait()
                 raise Preempted(step)
-            else:
-                self.checkpoints.save(step, state_as_dict(state), loader_state)
         if start >= total:
             log.warning("the checkpoint is at step %d of %d: nothing left to train", start, total)
             self.result.final_metrics.update(
