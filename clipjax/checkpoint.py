@@ -38,17 +38,24 @@ def _loader_file() -> str:
 
 
 class LoaderStateHandler(ocp.handlers.CheckpointHandler):
-    """Each process writes and reads its own JSON file inside the item directory."""
+    """Each process writes its own streams' positions as one JSON file."""
 
     def save(self, directory: epath.Path, args: LoaderStateSave) -> None:
         (directory / _loader_file()).write_text(json.dumps(args.state))
 
     def restore(self, directory: epath.Path, args: LoaderStateRestore | None = None) -> dict:
-        path = directory / _loader_file()
-        if not path.exists():
-            saved = sorted(p.name for p in directory.iterdir())
-            raise LoaderStateMissing(f"no {path.name} in {directory} (it holds {saved})")
-        return json.loads(path.read_text())
+        """Every process's streams merged, so a run on another process count finds its own."""
+        files = sorted(directory.glob("process_*-of-*.json"))
+        if not files:
+            raise LoaderStateMissing(f"no process_*-of-*.json in {directory}")
+        merged: dict = {"streams": None, "states": {}}
+        for path in files:
+            saved = json.loads(path.read_text())
+            if "states" not in saved:
+                raise LoaderStateMissing(f"{path} holds no per-stream data position")
+            merged["streams"] = saved["streams"]
+            merged["states"].update(saved["states"])
+        return merged
 
 
 @ocp.args.register_with_handler(LoaderStateHandler, for_save=True)

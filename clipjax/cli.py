@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from clipjax.config import ConfigError, apply_overrides, load_config
+from clipjax.distributed import LaunchError
 from clipjax.train.preemption import PREEMPTED_EXIT_CODE, Preempted
 
 OVERRIDE_PREFIX = "--config."
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         help="where config.json, metrics.jsonl, TensorBoard files and checkpoints/ go; "
         "a workdir with checkpoints resumes from the latest",
     )
+    _distributed_flags(train)
     convert = commands.add_parser(
         "convert", help="write a checkpoint's params as safetensors/npz with its config"
     )
@@ -85,6 +87,36 @@ def _parser() -> argparse.ArgumentParser:
     )
     shards.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _distributed_flags(train: argparse.ArgumentParser) -> None:
+    group = train.add_argument_group(
+        "multi-process runs",
+        "by default the process group is read from JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/"
+        "JAX_PROCESS_ID, srun's SLURM_* variables or GKE's TPU_WORKER_* variables",
+    )
+    group.add_argument(
+        "--distributed",
+        choices=("auto", "off", "jax"),
+        default="auto",
+        help="auto: from flags or the environment; off: one process; "
+        "jax: let jax.distributed detect the cluster (Cloud TPU VM pods, Open MPI)",
+    )
+    group.add_argument("--coordinator_address", help="HOST:PORT of process 0")
+    group.add_argument("--num_processes", type=int)
+    group.add_argument("--process_id", type=int)
+
+
+def _start_distributed(args, config) -> None:
+    from clipjax import distributed
+
+    group = distributed.detect(
+        os.environ, args.distributed, args.coordinator_address, args.num_processes, args.process_id
+    )
+    if group is not None:
+        d = config.distributed
+        timeouts = distributed.Timeouts(d.init_timeout, d.heartbeat_timeout, d.shutdown_timeout)
+        distributed.initialize(group, timeouts)
 
 
 def _shards(args) -> int:
@@ -151,10 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         apply_overrides(config, overrides)
+        _start_distributed(args, config)
         from clipjax.train.loop import train  # imports jax; errors above come first
 
         result = train(config, args.workdir)
-    except ConfigError as exc:
+    except (ConfigError, LaunchError) as exc:
         print(f"clipjax: {exc}", file=sys.stderr)
         return 2
     except FloatingPointError as exc:

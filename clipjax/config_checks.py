@@ -35,7 +35,11 @@ FIELD_TYPES = {
     "data.image_size": int,
     "data.shuffle_buffer": int,
     "data.workers": int,
+    "data.streams": int,
     "checkpoint.every": int,
+    "distributed.init_timeout": int,
+    "distributed.heartbeat_timeout": int,
+    "distributed.shutdown_timeout": int,
     "checkpoint.keep": int,
     "checkpoint.keep_period": int,
     "model.embed_dim": int,
@@ -105,6 +109,7 @@ def _mesh_and_batch(c, num_devices: int, num_processes: int, problems: list[str]
             )
         elif size % num_processes:
             problems.append(f"{field}={size} is not divisible by {num_processes} processes")
+    _streams(c, num_processes, problems)
     local = c.train.batch_size // data_parallel
     if c.train.accum_steps >= 1 and local % c.train.accum_steps:
         problems.append(
@@ -116,6 +121,19 @@ def _mesh_and_batch(c, num_devices: int, num_processes: int, problems: list[str]
     ):
         problems.append(
             f"loss.group_size={c.loss.group_size} must divide the {data_parallel} batch shards"
+        )
+
+
+def _streams(c, num_processes: int, problems: list[str]) -> None:
+    streams = c.data.streams
+    if streams < 0:
+        problems.append(f"data.streams={streams}; expected 0 (one per process) or more")
+    elif streams and streams % num_processes:
+        problems.append(f"data.streams={streams} is not divisible by {num_processes} processes")
+    elif c.train.batch_size % (streams or num_processes):
+        problems.append(
+            f"train.batch_size={c.train.batch_size} is not divisible by "
+            f"data.streams={streams or num_processes}"
         )
 
 

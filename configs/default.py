@@ -27,6 +27,7 @@ def get_config(arg=None):
     c.data.crop_scale = (0.7, 1.0)  # random-resized-crop area range; (1.0, 1.0) disables
     c.data.mode = "epoch"  # epoch: every shard once per epoch | resampled: with replacement
     c.data.shuffle_buffer = 2000
+    c.data.streams = 0  # independent streams; fixed: same data on any process count; 0: 1/process
     c.data.workers = 0  # decoding processes; 0 decodes in the loader thread
     c.data.max_pixels = 64_000_000
 
@@ -106,6 +107,10 @@ def get_config(arg=None):
     c.checkpoint.keep = 3  # most recent checkpoints kept; 0 keeps all
     c.checkpoint.keep_period = 0  # also keep every step divisible by this; 0: none
     c.checkpoint.async_save = True  # training continues while a checkpoint is written
+    c.distributed = ml_collections.ConfigDict()  # used by multi-process runs only
+    c.distributed.init_timeout = 300  # seconds for every process to join
+    c.distributed.heartbeat_timeout = 60  # a process silent this long stops the run
+    c.distributed.shutdown_timeout = 60  # seconds to wait for the others at exit
     c.init_from = ""  # params (only) from a checkpoint dir: fine-tuning, LiT
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -29,13 +29,17 @@ def _start(
     runs it as one process of a `jax.distributed` run."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    launcher = ["-m", "clipjax.cli"]
+    group = []
     if process is not None:
-        launcher = [str(ROOT / "tests/helpers/distributed_train.py"), *map(str, process)]
+        index, count, port = process
+        group = [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={count}"]
+        group += [f"--process_id={index}"]
     args = [
         sys.executable,
-        *launcher,
+        "-m",
+        "clipjax.cli",
         "train",
+        *group,
         f"--config={ROOT / 'configs/default.py'}:tiny",
         f"--workdir={workdir}",
         f"--config.data.cache_dir={cache}",

@@ -199,37 +199,102 @@ def train_urls(data_cfg) -> list[str]:
     return expand_urls(data_cfg.train_shards)
 
 
+def stream_range(streams: int, process_index: int, process_count: int) -> range:
+    """The data streams a process owns: `streams` (0: one per process) split in blocks."""
+    count = streams or process_count
+    if count % process_count:
+        raise ValueError(f"data.streams={streams} is not divisible by {process_count} processes")
+    per = count // process_count
+    return range(process_index * per, (process_index + 1) * per)
+
+
+class StreamGroup:
+    """A process's share of the run's data streams, batched side by side.
+
+    Stream j is the same sample sequence whatever the process count, and the
+    global batch is the streams' batches in stream order. So a run with a fixed
+    `data.streams` sees the same data on 1 process or on 8, and its checkpoint
+    resumes on either."""
+
+    def __init__(self, loaders: dict[int, PairLoader], count: int):
+        self.loaders = loaders
+        self.count = count
+
+    def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], dict]]:
+        iterators = {j: iter(loader) for j, loader in self.loaders.items()}
+        try:
+            while True:
+                parts = {}
+                for j, iterator in iterators.items():
+                    part = next(iterator, None)
+                    if part is None:
+                        return
+                    parts[j] = part
+                batches = [batch for batch, _ in parts.values()]
+                batch = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+                states = {str(j): state for j, (_, state) in parts.items()}
+                yield batch, {"streams": self.count, "states": states}
+        finally:
+            for iterator in iterators.values():
+                iterator.close()
+
+
+def _stream_states(saved: dict | None, count: int, owned: range) -> dict:
+    if saved is None:
+        return {}
+    if saved.get("streams") != count:
+        log.warning(
+            "the checkpoint's data position is for %s streams and this run has %d "
+            "(data.streams=0 means one per process): the data stream starts afresh; "
+            "set data.streams to keep the position when the process count changes",
+            saved.get("streams"),
+            count,
+        )
+        return {}
+    missing = [j for j in owned if str(j) not in saved["states"]]
+    if missing:
+        raise ValueError(f"the checkpoint's data position has no state for streams {missing}")
+    return {j: saved["states"][str(j)] for j in owned}
+
+
 def train_loader(
     config, tokenizer: Tokenizer, stats: DataStats, state: dict | None = None
-) -> PairLoader:
+) -> StreamGroup:
     """This process's endless training batches with their resumable state."""
     from clipjax.data.decode import parse_keys
 
     d = config.data
-    process = jax.process_index()
-    stream = SampleStream(
-        train_urls(d),
-        seed=config.seed,
-        mode=d.mode,
-        shuffle_shards=True,
-        shuffle_buffer=d.shuffle_buffer,
-        process_index=process,
-        process_count=jax.process_count(),
-        stats=stats,
-    )
-    decoder = PairDecoder(
-        transform=ImageTransform(d.image_size, d.mean, d.std, train=True, crop_scale=d.crop_scale),
-        image_keys=parse_keys(d.image_key),
-        text_key=d.text_key,
-        max_pixels=d.max_pixels,
-        seed=(config.seed, process, 2),
-    )
-    return PairLoader(
-        stream,
-        decoder,
-        tokenizer=tokenizer,
-        batch_size=config.train.batch_size // jax.process_count(),
-        workers=d.workers,
-        stats=stats,
-        state=state,
-    )
+    owned = stream_range(d.streams, jax.process_index(), jax.process_count())
+    count = d.streams or jax.process_count()
+    states = _stream_states(state, count, owned)
+    urls = train_urls(d)
+    transform = ImageTransform(d.image_size, d.mean, d.std, train=True, crop_scale=d.crop_scale)
+    loaders = {}
+    for j in owned:
+        stream = SampleStream(
+            urls,
+            seed=config.seed,
+            mode=d.mode,
+            shuffle_shards=True,
+            shuffle_buffer=d.shuffle_buffer,
+            process_index=j,
+            process_count=count,
+            stats=stats,
+        )
+        decoder = PairDecoder(
+            transform=transform,
+            image_keys=parse_keys(d.image_key),
+            text_key=d.text_key,
+            max_pixels=d.max_pixels,
+            seed=(config.seed, j, 2),
+        )
+        loaders[j] = PairLoader(
+            stream,
+            decoder,
+            tokenizer=tokenizer,
+            batch_size=config.train.batch_size // count,
+            workers=max(1, d.workers // len(owned)) if d.workers else 0,
+            stats=stats,
+            state=states.get(j),
+        )
+    return StreamGroup(loaders, count)
