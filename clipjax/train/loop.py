@@ -100,7 +100,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
     workdir = Path(workdir)
     devices = list(jax.devices() if devices is None else devices)
     validate(config, len(devices), jax.process_count())
-    save_config(config, workdir)
+    if jax.process_index() == 0:  # the files in workdir are process 0's; checkpoints are all's
+        save_config(config, workdir)
 
     mesh = build_mesh(config.mesh, devices)
     rules = rules_table(config.sharding_rules)
