@@ -52,6 +52,8 @@ FIELD_TYPES = {
     "model.image.patch_size": int,
     "model.text.vocab_size": int,
     "model.text.context_length": int,
+    "model.text.pad_id": int,
+    "tokenizer.path": str,
     "tokenizer.context_length": int,
 }
 
@@ -171,6 +173,13 @@ def _text(c, problems: list[str]) -> None:
         problems.append(
             f"model.text.vocab_size={c.model.text.vocab_size} is smaller than the "
             f"{c.tokenizer.kind!r} tokenizer's {tokenizer.vocab_size} ids"
+        )
+    _choice(problems, "model.text.pool", c.model.text.pool, ("argmax", "last"))
+    if c.model.text.pool == "argmax" and c.tokenizer.kind in ("hf", "sentencepiece"):
+        problems.append(
+            f"model.text.pool='argmax' pools at the largest token id, which is the end token "
+            f"only for CLIP-style vocabularies; with tokenizer.kind={c.tokenizer.kind!r} set "
+            f"model.text.pool='last' and model.text.pad_id={tokenizer.pad_id}"
         )
     if c.tokenizer.context_length != c.model.text.context_length:
         problems.append(

@@ -34,7 +34,10 @@ def get_config(arg=None):
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.kind = "bytes"
     c.tokenizer.context_length = 32
-    c.tokenizer.lowercase = True
+    c.tokenizer.lowercase = True  # bytes, hf, sentencepiece; clip always lowercases
+    # clip: a bpe_simple_vocab_16e6.txt.gz ("": the bundled one); hf: a tokenizer.json;
+    # sentencepiece: a .model file
+    c.tokenizer.path = ""
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "clip"
@@ -68,6 +71,8 @@ def get_config(arg=None):
             heads=4,
             mlp_ratio=2.0,
             act="gelu",
+            pool="argmax",  # argmax: the end token has the largest id (CLIP) | last: last non-pad
+            pad_id=0,  # padding id, for pool="last"
         )
     )
 

@@ -103,6 +103,9 @@ def run(commands: list[tuple[list[str], dict[str, str]]], grace: float) -> int:
                     child.kill()
     for relay in relays:
         relay.join(timeout=5)
+    for index, child in enumerate(children):
+        if child.returncode:
+            print(f"launch/local.py: process {index} exited with code {child.returncode}")
     return code or next((c.returncode for c in children if c.returncode), 0)
 
 

@@ -165,3 +165,18 @@ def test_prefetch_reraises_producer_errors():
     assert next(iterator) == 1
     with pytest.raises(OSError, match="disk gone"):
         next(iterator)
+
+
+def test_on_device_normalisation_equals_the_host_one():
+    """The loader ships uint8; the jitted step normalises as the host did, floats pass."""
+    import jax
+
+    from clipjax.train.step import pixel_normalizer
+
+    mean, std = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
+    transform = ImageTransform(8, mean, std, train=False)
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    on_device = jax.jit(pixel_normalizer(mean, std))
+    host = transform.normalize(pixels)
+    np.testing.assert_allclose(on_device(pixels), host, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(on_device(host), host)

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class PairLoader:
-    """Yields `(batch, state)`: numpy batches `{"image": f32[b,H,W,3], "text": i32[b,L]}`
+    """Yields `(batch, state)`: numpy batches `{"image": u8[b,H,W,3], "text": i32[b,L]}`
     and the loader position just after each, from which `PairLoader(..., state=state)`
     continues with exactly the batches that would have come next."""
 
@@ -77,7 +77,7 @@ class PairLoader:
             texts.append(result[1])
             if len(images) == self.batch_size:
                 batch = {
-                    "image": self.decoder.transform.normalize(np.stack(images)),
+                    "image": np.stack(images),  # uint8; the train step normalises on device
                     "text": self.tokenizer(texts),
                 }
                 yield batch, self._state_after(index + 1, snapshots)

@@ -13,6 +13,8 @@ about, never fatal on their own.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import hashlib
 import logging
 import threading
@@ -21,7 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from braceexpand import braceexpand
-from webdataset import tariterators
+from webdataset.gopen import gopen
+
+from clipjax.data.tar_reader import TarError, tar_samples
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +84,34 @@ def _epoch_order(
 
 
 def read_shard(url: str, stats: DataStats) -> Iterator[dict]:
-    """Yields the samples of one shard; a broken shard is counted and ends early."""
-    errors: list[Exception] = []
+    """Yields the samples of one shard; a broken shard is counted and ends early.
 
-    def handler(exc: Exception) -> bool:
-        errors.append(exc)
-        return True
+    `url` is opened by webdataset's `gopen` (local paths, `pipe:`, `http(s)://`, and
+    `gs://`/`s3://` through their command-line tools) and read by `tar_reader`.
+    """
+    try:
+        stream = gopen(url)
+    except Exception as exc:  # any opener failure is a failed shard, never a crash
+        _failed(url, exc, stats)
+        return
+    finished = False
+    try:
+        if url.endswith((".gz", ".tgz")):
+            stream = gzip.GzipFile(fileobj=stream)
+        yield from tar_samples(stream, url)
+        finished = True
+        stream.close()  # a pipe's exit status is checked here
+    except (TarError, OSError, ValueError, EOFError) as exc:
+        _failed(url, exc, stats)
+    finally:
+        if not finished:
+            with contextlib.suppress(Exception):
+                stream.close()
 
-    yield from tariterators.tarfile_samples([{"url": url}], handler=handler)
-    if errors:
-        stats.count("failed_shards")
-        log.warning("shard %s: %s", url, errors[0])
+
+def _failed(url: str, exc: Exception, stats: DataStats) -> None:
+    stats.count("failed_shards")
+    log.warning("shard %s: %s", url, exc)
 
 
 def urls_fingerprint(urls: list[str]) -> str:

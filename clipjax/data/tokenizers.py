@@ -1,8 +1,10 @@
-"""Text tokenizers. The default is byte-level and needs no vocabulary file."""
+"""Text tokenizers: byte-level (no vocabulary file, the default), OpenAI CLIP's BPE
+(`clip_bpe.py`), a Hugging Face `tokenizer.json`, or a SentencePiece `.model`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -49,8 +51,83 @@ class ByteTokenizer:
         return out
 
 
+class HFTokenizer:
+    """A Hugging Face `tokenizers` file (`tokenizer.json`), with its own normaliser and
+    special-token template; cut to `context_length` (the template's end token kept)
+    and padded with the file's padding id, else its `[PAD]`/`<pad>` token, else 0."""
+
+    def __init__(self, path: str, context_length: int, lowercase: bool = False):
+        from tokenizers import Tokenizer as Backend
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"tokenizer.path={path!r}: no tokenizer.json there")
+        self.backend = Backend.from_file(path)
+        self.context_length = context_length
+        self.lowercase = lowercase
+        self.vocab_size = self.backend.get_vocab_size(with_added_tokens=True)
+        self.pad_id = self._pad_id()
+        self.backend.enable_truncation(max_length=context_length)
+        self.backend.no_padding()
+
+    def _pad_id(self) -> int:
+        if self.backend.padding is not None:
+            return int(self.backend.padding["pad_id"])
+        for name in ("[PAD]", "<pad>", "<|padding|>"):
+            if (index := self.backend.token_to_id(name)) is not None:
+                return index
+        return 0
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        texts = [t.lower() if self.lowercase else t for t in texts]
+        out = np.full((len(texts), self.context_length), self.pad_id, dtype=np.int32)
+        for row, encoding in enumerate(self.backend.encode_batch(texts)):
+            out[row, : len(encoding.ids)] = encoding.ids
+        return out
+
+
+class SentencePieceTokenizer:
+    """A SentencePiece `.model`: pieces, then EOS (kept last when cut to
+    `context_length`), padded with the model's pad id (0 if it has none)."""
+
+    def __init__(self, path: str, context_length: int, lowercase: bool = False):
+        import sentencepiece
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"tokenizer.path={path!r}: no SentencePiece .model there")
+        self.processor = sentencepiece.SentencePieceProcessor(model_file=path)
+        self.context_length = context_length
+        self.lowercase = lowercase
+        self.vocab_size = self.processor.get_piece_size()
+        self.eos_id = self.processor.eos_id()
+        self.pad_id = max(self.processor.pad_id(), 0)
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        texts = [t.lower() if self.lowercase else t for t in texts]
+        out = np.full((len(texts), self.context_length), self.pad_id, dtype=np.int32)
+        for row, ids in enumerate(self.processor.encode(texts)):
+            if self.eos_id >= 0:
+                ids = [*ids[: self.context_length - 1], self.eos_id]
+            ids = ids[: self.context_length]
+            out[row, : len(ids)] = ids
+        return out
+
+
+TOKENIZER_KINDS = ("bytes", "clip", "hf", "sentencepiece")
+
+
 def build_tokenizer(config) -> Tokenizer:
     """Builds the tokenizer named by `config.kind` (a `tokenizer` config group)."""
-    if config.kind == "bytes":
-        return ByteTokenizer(config.context_length, lowercase=config.lowercase)
-    raise ValueError(f"tokenizer.kind={config.kind!r} is not supported; expected 'bytes'")
+    kind, length, path = config.kind, config.context_length, config.get("path", "")
+    if kind == "bytes":
+        return ByteTokenizer(length, lowercase=config.lowercase)
+    if kind == "clip":
+        from clipjax.data.clip_bpe import ClipBpeTokenizer
+
+        return ClipBpeTokenizer(length, path or None)
+    if kind in ("hf", "sentencepiece") and not path:
+        raise ValueError(f"tokenizer.kind={kind!r} needs tokenizer.path (the vocabulary file)")
+    if kind == "hf":
+        return HFTokenizer(path, length, lowercase=config.lowercase)
+    if kind == "sentencepiece":
+        return SentencePieceTokenizer(path, length, lowercase=config.lowercase)
+    raise ValueError(f"tokenizer.kind={kind!r} is not supported; expected one of {TOKENIZER_KINDS}")

@@ -17,7 +17,7 @@ CLIP_VOCAB = 49408
 def apply_clip_size(config: ml_collections.ConfigDict, name: str) -> None:
     """Sets `config.model` (and the matching data/tokenizer sizes) to OpenAI's `name`:
     class token, `ln_pre`, QuickGELU, MLP ratio 4, bias-free patch embedding and
-    projections, context 77, vocabulary 49408."""
+    projections, context 77, vocabulary 49408 with OpenAI's BPE tokenizer."""
     if name not in CLIP_SIZES:
         raise ValueError(f"unknown CLIP size {name!r}; expected one of {sorted(CLIP_SIZES)}")
     embed, size, patch, i_width, i_depth, i_heads, t_width, t_depth, t_heads = CLIP_SIZES[name]
@@ -49,6 +49,7 @@ def apply_clip_size(config: ml_collections.ConfigDict, name: str) -> None:
         )
     )
     config.data.image_size = size
+    config.tokenizer.kind = "clip"  # OpenAI's BPE, the bundled vocabulary
     config.tokenizer.context_length = CLIP_CONTEXT
 
 

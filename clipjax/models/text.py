@@ -9,11 +9,21 @@ from flax import nnx
 from clipjax.models.layers import Transformer, init, layer_norm, param, projection
 
 
-class TextTransformer(nnx.Module):
-    """Token + position embedding, causal encoder, final LN, EOT pooling, projection.
+def end_positions(tokens: jax.Array, pool: str, pad_id: int = 0) -> jax.Array:
+    """Where each sequence's end token is: the largest id ("argmax") or the last
+    position that is not padding ("last")."""
+    if pool == "last":
+        not_pad = (tokens != pad_id)[:, ::-1]
+        return tokens.shape[1] - 1 - jnp.argmax(not_pad, axis=-1)
+    return jnp.argmax(tokens, axis=-1)
 
-    As in CLIP, the end-of-text token has the largest id in the vocabulary, so
-    its position is the argmax of the token ids.
+
+class TextTransformer(nnx.Module):
+    """Token + position embedding, causal encoder, final LN, end-token pooling, projection.
+
+    `pool="argmax"`: as in CLIP, the end-of-text token has the largest id in the
+    vocabulary, so its position is the argmax of the token ids. `pool="last"`: the
+    last token that is not `pad_id` (other vocabularies).
     """
 
     def __init__(
@@ -39,11 +49,13 @@ class TextTransformer(nnx.Module):
         )
         self.ln_final = layer_norm(width, **kw)
         self.proj = projection(width, embed_dim, **kw)
+        self.pool = cfg.get("pool", "argmax")
+        self.pad_id = cfg.get("pad_id", 0)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         x = self.token_embed(tokens)
         x = x + self.pos_embed[...][: tokens.shape[1]].astype(x.dtype)
         x = self.ln_final(self.encoder(x, causal=True))
-        eot = jnp.argmax(tokens, axis=-1)
+        eot = end_positions(tokens, self.pool, self.pad_id)
         pooled = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
         return self.proj(pooled)

@@ -24,7 +24,7 @@ from clipjax.parallel import batch_sharding, build_mesh, rules_table
 from clipjax.train.optim import build_optimizer, learning_rate_schedule
 from clipjax.train.preemption import Preempted, PreemptionWatch
 from clipjax.train.state import StatePlan, plan_train_state, state_as_dict, state_from_dict
-from clipjax.train.step import make_grad_fn, make_train_step
+from clipjax.train.step import make_grad_fn, make_train_step, pixel_normalizer
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
         config.train.accum_steps,
     )
     batch_shardings = {"image": sharding_for(4), "text": sharding_for(2)}
-    step_fn = make_train_step(grad_fn, tx, plan.shardings, batch_shardings, schedule)
+    normalize = pixel_normalizer(config.data.mean, config.data.std)
+    step_fn = make_train_step(grad_fn, tx, plan.shardings, batch_shardings, schedule, normalize)
     evaluator = Evaluator(config, plan.spec, tokenizer, sharding_for, plan.shardings.params)
 
     result = TrainResult(steps=config.train.steps, wall_seconds=0.0, start_step=start)
