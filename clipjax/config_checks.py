@@ -8,6 +8,8 @@ from pathlib import Path
 import ml_collections
 
 from clipjax.data.decode import parse_keys
+from clipjax.data.loader import train_sources
+from clipjax.data.shards import check_openers
 from clipjax.data.tokenizers import build_tokenizer
 from clipjax.evaluate.runner import EVAL_KINDS, EVAL_SOURCES
 from clipjax.losses.contrastive import LossSpec
@@ -192,6 +194,16 @@ def _data(c, problems: list[str]) -> None:
     _choice(problems, "data.source", c.data.source, DATA_SOURCES)
     if c.data.source == "shards" and not c.data.train_shards:
         problems.append("data.source='shards' needs data.train_shards (a brace spec of tar files)")
+    elif c.data.source == "shards":
+        sources = _attempt(problems, train_sources, c.data)
+        if sources is not None:
+            _attempt(problems, check_openers, [url for urls in sources for url in urls])
+    weights = c.data.weights
+    if weights and (c.data.source != "shards" or any(not w > 0 for w in weights)):
+        problems.append(
+            f"data.weights={tuple(weights)} must be positive, one per '::'-separated spec of "
+            "data.train_shards (data.source='shards')"
+        )
     _choice(problems, "data.mode", c.data.mode, ("epoch", "resampled"))
     if c.data.workers < 0:
         problems.append(f"data.workers={c.data.workers}; expected 0 (inline) or more")

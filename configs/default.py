@@ -17,7 +17,8 @@ def get_config(arg=None):
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "digits"  # "digits": build/reuse the bundled shards; "shards": train_shards
-    c.data.train_shards = ""  # brace spec, e.g. "/data/{00000..00099}.tar"
+    c.data.train_shards = ""  # brace spec, e.g. "/data/{00000..00099}.tar"; several: "a::b"
+    c.data.weights = ()  # mixing weights, one per "::" spec; (): one source of all shards
     c.data.cache_dir = ""  # where digits shards are cached; "" = $XDG_CACHE_HOME/clipjax
     c.data.image_key = "png;jpg;jpeg;webp"
     c.data.text_key = "txt"  # or "json.caption"

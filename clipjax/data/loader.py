@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from clipjax.data.decode import BadSample, ImageTransform, read_image, read_label
+from clipjax.data.mixing import MixedStream
 from clipjax.data.pipeline import OrderedDecoder, PairDecoder
 from clipjax.data.shards import DataStats, SampleStream
 from clipjax.data.tokenizers import Tokenizer
@@ -26,7 +27,7 @@ class PairLoader:
 
     def __init__(
         self,
-        stream: SampleStream,
+        stream: SampleStream | MixedStream,
         decoder: PairDecoder,
         *,
         tokenizer: Tokenizer,
@@ -186,17 +187,29 @@ def to_global(batch: dict[str, np.ndarray], sharding_for: Callable) -> dict[str,
     }
 
 
-def train_urls(data_cfg) -> list[str]:
-    """Shard URLs of the training set: the bundled digits (built once) or a brace spec."""
+def train_sources(data_cfg) -> list[list[str]]:
+    """Shard URLs of the training set, one list per mixed source: the bundled digits
+    (built once) or the brace specs of `data.train_shards` (joined by `::`), which are
+    separate sources when `data.weights` mixes them and one source otherwise."""
     if data_cfg.source == "digits":
         from clipjax.data.writer import build_digits_shards
 
-        return build_digits_shards(
-            data_cfg.cache_dir or None, image_size=data_cfg.image_size
-        ).train_urls()
+        return [
+            build_digits_shards(
+                data_cfg.cache_dir or None, image_size=data_cfg.image_size
+            ).train_urls()
+        ]
     from clipjax.data.shards import expand_urls
 
-    return expand_urls(data_cfg.train_shards)
+    specs = [part for part in data_cfg.train_shards.split("::") if part.strip()]
+    if not data_cfg.weights:
+        return [expand_urls(data_cfg.train_shards)]
+    if len(specs) != len(data_cfg.weights):
+        raise ValueError(
+            f"data.weights has {len(data_cfg.weights)} entries for {len(specs)} "
+            f"'::'-separated shard specs in data.train_shards"
+        )
+    return [expand_urls(spec) for spec in specs]
 
 
 def stream_range(streams: int, process_index: int, process_count: int) -> range:
@@ -267,20 +280,26 @@ def train_loader(
     owned = stream_range(d.streams, jax.process_index(), jax.process_count())
     count = d.streams or jax.process_count()
     states = _stream_states(state, count, owned)
-    urls = train_urls(d)
+    sources = train_sources(d)
     transform = ImageTransform(d.image_size, d.mean, d.std, train=True, crop_scale=d.crop_scale)
     loaders = {}
     for j in owned:
-        stream = SampleStream(
-            urls,
-            seed=config.seed,
-            mode=d.mode,
-            shuffle_shards=True,
-            shuffle_buffer=d.shuffle_buffer,
-            process_index=j,
-            process_count=count,
-            stats=stats,
-        )
+        streams = [
+            SampleStream(
+                urls,
+                seed=config.seed + i,
+                mode=d.mode,
+                shuffle_shards=True,
+                shuffle_buffer=d.shuffle_buffer,
+                process_index=j,
+                process_count=count,
+                stats=stats,
+            )
+            for i, urls in enumerate(sources)
+        ]
+        stream = streams[0]
+        if len(streams) > 1:
+            stream = MixedStream(streams, d.weights, (config.seed, j, 7))
         decoder = PairDecoder(
             transform=transform,
             image_keys=parse_keys(d.image_key),

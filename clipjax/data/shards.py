@@ -20,7 +20,9 @@ import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
+import fsspec
 import numpy as np
 from braceexpand import braceexpand
 from webdataset.gopen import gopen
@@ -83,14 +85,38 @@ def _epoch_order(
     return order[process_index::process_count].tolist()
 
 
+GOPEN_SCHEMES = ("", "file", "http", "https")  # and pipe:, which has no "://"
+
+
+def url_scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def open_shard(url: str) -> BinaryIO:
+    """Local paths, `pipe:` commands and http(s) through webdataset's `gopen`; any
+    other `scheme://` (gs, s3, az, hf, memory, ...) through fsspec."""
+    if url.startswith("pipe:") or url_scheme(url) in GOPEN_SCHEMES:
+        return gopen(url)
+    return fsspec.open(url, "rb").open()
+
+
+def check_openers(urls: list[str]) -> None:
+    """Fails early, naming the package to install, when a URL's fsspec backend is missing."""
+    schemes = {url_scheme(u) for u in urls if not u.startswith("pipe:")} - set(GOPEN_SCHEMES)
+    for scheme in sorted(schemes):
+        try:
+            fsspec.get_filesystem_class(scheme)
+        except (ImportError, ValueError) as exc:
+            raise ValueError(f"cannot read {scheme}:// shards: {exc}") from None
+
+
 def read_shard(url: str, stats: DataStats) -> Iterator[dict]:
     """Yields the samples of one shard; a broken shard is counted and ends early.
 
-    `url` is opened by webdataset's `gopen` (local paths, `pipe:`, `http(s)://`, and
-    `gs://`/`s3://` through their command-line tools) and read by `tar_reader`.
+    `url` is opened by `open_shard` and read by `tar_reader`.
     """
     try:
-        stream = gopen(url)
+        stream = open_shard(url)
     except Exception as exc:  # any opener failure is a failed shard, never a crash
         _failed(url, exc, stats)
         return
