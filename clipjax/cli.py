@@ -1,6 +1,8 @@
 """clipjax: train CLIP-style models, export their params.
 
 clipjax train [--config=FILE.py[:variant]] [--workdir=DIR] [--config.a.b=value ...]
+              [--distributed=auto|off|jax] [--coordinator_address=H:P --num_processes=N
+              --process_id=I]   (one of several processes: see launch/)
 clipjax shards (--from-folder DIR | --from-csv FILE | --from-digits) --out DIR
 clipjax convert --checkpoint=WORKDIR_OR_CHECKPOINT_DIR --out=DIR [--step=N] [--format=...]
 

@@ -183,6 +183,12 @@ def _text(c, problems: list[str]) -> None:
             f"only for CLIP-style vocabularies; with tokenizer.kind={c.tokenizer.kind!r} set "
             f"model.text.pool='last' and model.text.pad_id={tokenizer.pad_id}"
         )
+    pad_id = getattr(tokenizer, "pad_id", 0)
+    if c.model.text.pool == "last" and c.model.text.pad_id != pad_id:
+        problems.append(
+            f"model.text.pad_id={c.model.text.pad_id} but the {c.tokenizer.kind!r} tokenizer "
+            f"pads with {pad_id}: pool='last' would pool at padding"
+        )
     if c.tokenizer.context_length != c.model.text.context_length:
         problems.append(
             f"tokenizer.context_length={c.tokenizer.context_length} differs from "

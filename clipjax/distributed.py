@@ -12,6 +12,7 @@ initialised.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ class ProcessGroup:
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
+    local_device_ids: tuple[int, ...] | None = None  # None: every local device
 
     def describe(self) -> str:
         if self.source == "jax":
@@ -76,13 +78,17 @@ def _checked(source: str, address: str, count: int, index: int) -> ProcessGroup 
 
 def _from_triple(source: str, names: tuple[str, str, str], values: tuple) -> ProcessGroup | None:
     given = [v is not None and v != "" for v in values]
-    if not any(given):
+    if not any(given) or _single(values[1]):
         return None
     if not all(given):
         missing = [n for n, g in zip(names, given, strict=True) if not g]
         raise LaunchError(f"{source}: {', '.join(names)} go together; missing {missing}")
     address, count, index = values
     return _checked(source, address, _int(str(count), names[1]), _int(str(index), names[2]))
+
+
+def _single(count) -> bool:
+    return count is not None and str(count).strip() == "1"
 
 
 def first_host(nodelist: str) -> str:
@@ -115,7 +121,13 @@ def _slurm(environ: Mapping[str, str]) -> ProcessGroup | None:
     nodes = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST", "")
     address = f"{first_host(nodes)}:{port}" if count > 1 else ""
     index = _int(environ.get("SLURM_PROCID", ""), "SLURM_PROCID")
-    return _checked("slurm", address, count, index)
+    group = _checked("slurm", address, count, index)
+    per_node = environ.get("SLURM_STEP_TASKS_PER_NODE", "1").split("(")[0].split(",")[0]
+    if group is not None and _int(per_node, "SLURM_STEP_TASKS_PER_NODE") > 1:
+        # several tasks share a node: each takes the accelerator of its local rank
+        local = _int(environ.get("SLURM_LOCALID", ""), "SLURM_LOCALID")
+        group = dataclasses.replace(group, local_device_ids=(local,))
+    return group
 
 
 def _gke_tpu(environ: Mapping[str, str]) -> ProcessGroup | None:
@@ -142,7 +154,7 @@ def detect(
         if any(v is not None for v in flags):
             raise LaunchError(f"--distributed=off contradicts {names} given on the command line")
         return None
-    if mode == "jax":
+    if mode == "jax":  # JAX detects what the flags leave unset
         return ProcessGroup("jax", *flags)
     group = _from_triple("flags", names, flags)
     if group is not None or any(v is not None for v in flags):
@@ -164,12 +176,16 @@ def initialize(group: ProcessGroup, timeouts: Timeouts = Timeouts()) -> None:
     # CPU processes exchange collectives through gloo; accelerators are unaffected.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     explicit = {}
-    if group.source != "jax":
+    if group.source == "jax":
+        flags = ("coordinator_address", "num_processes", "process_id", "local_device_ids")
+        explicit = {k: getattr(group, k) for k in flags if getattr(group, k) is not None}
+    else:
         explicit = dict(
             coordinator_address=group.coordinator_address,
             num_processes=group.num_processes,
             process_id=group.process_id,
-            # JAX would otherwise narrow each Slurm task to one GPU (SLURM_LOCALID).
+            local_device_ids=group.local_device_ids,
+            # JAX would otherwise narrow every Slurm task to one GPU, even one task per node.
             cluster_detection_method="deactivate",
         )
     log.info("initialising jax.distributed: %s", group.describe())

@@ -29,7 +29,7 @@ def get_config(arg=None):
     c.data.mode = "epoch"  # epoch: every shard once per epoch | resampled: with replacement
     c.data.shuffle_buffer = 2000
     c.data.streams = 0  # independent streams; fixed: same data on any process count; 0: 1/process
-    c.data.workers = 0  # decoding processes; 0 decodes in the loader thread
+    c.data.workers = 0  # decoding processes per process (at least 1 per stream); 0: inline
     c.data.max_pixels = 64_000_000
 
     c.tokenizer = ml_collections.ConfigDict()

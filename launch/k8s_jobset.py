@@ -88,7 +88,11 @@ def manifest(args: argparse.Namespace) -> dict:
                 "name": "workdir",
                 "csi": {
                     "driver": "gcsfuse.csi.storage.gke.io",
-                    "volumeAttributes": {"bucketName": args.bucket},
+                    "volumeAttributes": {
+                        "bucketName": args.bucket,
+                        # Orbax commits a checkpoint by renaming its temporary directory
+                        "mountOptions": "implicit-dirs,rename-dir-limit=200000",
+                    },
                 },
             }
         ],

@@ -29,6 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MOUNT = "$HOME/gcs"
+# Orbax commits a checkpoint by renaming its temporary directory; gcsfuse renames
+# non-empty directories of a flat bucket only below this many files inside.
+RENAME_DIR_LIMIT = 200_000
 GCSFUSE_INSTALL = (  # Google's apt repository for Cloud Storage FUSE
     'echo "deb [signed-by=/usr/share/keyrings/cloud.google.asc] '
     'https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -c -s) main" '
@@ -87,7 +90,8 @@ def plan(args: argparse.Namespace, exists: bool) -> list[list[str]]:
             f"(command -v gcsfuse >/dev/null || {GCSFUSE_INSTALL})",
             f"mkdir -p {MOUNT}/{args.bucket}",
             f"(mountpoint -q {MOUNT}/{args.bucket} || "
-            f"gcsfuse --implicit-dirs {args.bucket} {MOUNT}/{args.bucket})",
+            f"gcsfuse --implicit-dirs --rename-dir-limit={RENAME_DIR_LIMIT} "
+            f"{args.bucket} {MOUNT}/{args.bucket})",
         ]
     )
     commands.append(_on_workers(args, setup))

@@ -135,3 +135,20 @@ def test_train_loader_mixes_digit_sources_and_resumes(tiny_config, digits_cache)
         np.testing.assert_array_equal(want["image"], got["image"])
         np.testing.assert_array_equal(want["text"], got["text"])
     assert straight[0][1]["states"]["0"]["stream"]["mixed"]
+
+
+def test_gzipped_shards_and_a_corrupt_one(sources, tmp_path):
+    import gzip
+    from pathlib import Path
+
+    alpha, _ = sources
+    packed = tmp_path / "alpha-0.tar.gz"
+    packed.write_bytes(gzip.compress(Path(alpha[0]).read_bytes()))
+    stats = DataStats()
+    assert len(list(SampleStream([str(packed)], seed=0, mode="once", stats=stats))) == 25
+    broken = bytearray(packed.read_bytes())
+    broken[len(broken) // 2 : len(broken) // 2 + 64] = bytes(64)  # zlib.error, not OSError
+    bad = tmp_path / "broken.tar.gz"
+    bad.write_bytes(bytes(broken))
+    samples = list(SampleStream([str(bad)], seed=0, mode="once", stats=stats))
+    assert len(samples) < 25 and stats.failed_shards == 1

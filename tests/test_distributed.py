@@ -90,3 +90,14 @@ def test_bad_coordinator_and_timeouts():
         detect({}, "auto", "localhost", 2, 0)
     with pytest.raises(LaunchError, match="heartbeat_timeout=0"):
         Timeouts(heartbeat=0)
+
+
+def test_srun_with_several_tasks_per_node_gives_each_its_local_accelerator():
+    env = {**SRUN, "SLURM_STEP_TASKS_PER_NODE": "2(x2)", "SLURM_LOCALID": "1"}
+    assert detect(env).local_device_ids == (1,)
+    assert detect(SRUN).local_device_ids is None  # one task per node: all its devices
+
+
+def test_jax_mode_keeps_given_flags_and_one_process_needs_no_address():
+    assert detect({}, "jax", None, 4, 2) == ProcessGroup("jax", None, 4, 2)
+    assert detect({"JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"}) is None

@@ -62,7 +62,9 @@ def test_tpu_pod_dry_run_creates_copies_sets_up_and_trains_on_every_worker():
         assert command[4] == "ssh" and "--worker=all" in command
     setup_script = setup[-1].removeprefix("--command=")
     assert "uv sync --locked" in setup_script and "jax[tpu]==" in setup_script
-    assert "gcsfuse --implicit-dirs my-bucket $HOME/gcs/my-bucket" in setup_script
+    assert "gcsfuse --implicit-dirs --rename-dir-limit=200000 my-bucket $HOME/gcs/my-bucket" in (
+        setup_script
+    )
     train_words = shlex.split(train[-1].removeprefix("--command="), posix=True)
     assert train_words[train_words.index("train") + 1 :] == [
         "--distributed=jax",
@@ -127,7 +129,8 @@ def test_jobset_wires_every_pod_to_the_coordinator():
     assert container["command"] == [
         "clipjax", "train", "--workdir=/workdir/b16", "--config", "configs/clip/vit_b16.py",
     ]  # fmt: skip
-    assert pod["volumes"][0]["csi"]["volumeAttributes"]["bucketName"] == "bkt"
+    attributes = pod["volumes"][0]["csi"]["volumeAttributes"]
+    assert attributes["bucketName"] == "bkt" and "rename-dir-limit" in attributes["mountOptions"]
 
 
 def test_jobset_for_gpu_nodes():

@@ -6,7 +6,7 @@ import tarfile
 
 import pytest
 
-from clipjax.data.tar_reader import TarError, tar_members, tar_samples
+from clipjax.data.tar_reader import TarError, _pax_records, tar_members, tar_samples
 
 LONG = "a/" + "very-long-directory-name/" * 8 + "0001.jpg"  # over 100 bytes
 
@@ -79,3 +79,13 @@ def test_damage_is_an_error_after_the_complete_members():
     duplicate = _archive(tarfile.PAX_FORMAT, [("k.txt", b"1"), ("k.txt", b"2")])
     with pytest.raises(TarError, match="appears twice"):
         list(tar_samples(io.BytesIO(duplicate), "d.tar"))
+
+
+def test_bad_pax_lengths_and_missing_end_blocks():
+    for record in (b"0 path=x\n", b"-5 path=x\n", b"3 path=x\n", b"99 path=x\n", b"x path=y\n"):
+        with pytest.raises(TarError, match="pax record"):
+            _pax_records(record)
+    assert _pax_records(b"12 path=abc\n") == {"path": "abc"}
+    archive = _archive(tarfile.PAX_FORMAT, MEMBERS)
+    # cut right after the last member's padded data: no end-of-archive blocks, as tarfile allows
+    assert list(tar_members(io.BytesIO(archive[: 12288 + 3072]))) == MEMBERS

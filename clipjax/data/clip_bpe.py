@@ -24,6 +24,7 @@ import numpy as np
 import regex
 
 BUNDLED_VOCAB = Path(__file__).resolve().parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
+WORD_CACHE = 200_000  # merged words kept; cleared when full
 STANDARD_MERGES = 49152 - 256 - 2  # merges OpenAI's vocabulary uses from the file
 SOT, EOT = "<start_of_text>", "<end_of_text>"  # OpenCLIP's names; OpenAI's differ, not the ids
 PIECES = regex.compile(
@@ -117,6 +118,8 @@ class ClipBpeTokenizer:
                     merged.append(word[i])
                     i += 1
             word = merged
+        if len(self._words) >= WORD_CACHE:  # web captions: an endless tail of rare words
+            self._words = {SOT: (SOT,), EOT: (EOT,)}
         self._words[piece] = tuple(word)
         return self._words[piece]
 

@@ -27,7 +27,7 @@ import numpy as np
 from braceexpand import braceexpand
 from webdataset.gopen import gopen
 
-from clipjax.data.tar_reader import TarError, tar_samples
+from clipjax.data.tar_reader import tar_samples
 
 log = logging.getLogger(__name__)
 
@@ -120,19 +120,20 @@ def read_shard(url: str, stats: DataStats) -> Iterator[dict]:
     except Exception as exc:  # any opener failure is a failed shard, never a crash
         _failed(url, exc, stats)
         return
-    finished = False
+    raw, finished = stream, False
     try:
         if url.endswith((".gz", ".tgz")):
-            stream = gzip.GzipFile(fileobj=stream)
+            stream = gzip.GzipFile(fileobj=raw)
         yield from tar_samples(stream, url)
         finished = True
-        stream.close()  # a pipe's exit status is checked here
-    except (TarError, OSError, ValueError, EOFError) as exc:
+        stream.close()
+        raw.close()  # a pipe's exit status is checked here (GzipFile leaves it open)
+    except Exception as exc:  # zlib, fsspec backends, pipes: a bad shard, never a crash
         _failed(url, exc, stats)
     finally:
         if not finished:
             with contextlib.suppress(Exception):
-                stream.close()
+                raw.close()
 
 
 def _failed(url: str, exc: Exception, stats: DataStats) -> None:

@@ -59,6 +59,8 @@ def _pax_records(data: bytes) -> dict[str, str]:
             length = int(data[at:space])
         except ValueError:
             raise TarError(f"malformed pax record at byte {at}") from None
+        if space < 0 or length <= space - at or at + length > len(data):
+            raise TarError(f"malformed pax record length {length} at byte {at}")
         key, _, value = data[space + 1 : at + length - 1].partition(b"=")
         records[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
         at += length
@@ -75,7 +77,7 @@ def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         if not header:
             if first:
                 raise TarError("empty shard (no bytes)")
-            raise TarError("truncated tar: it ends without the end-of-archive blocks")
+            return  # no end-of-archive blocks after a complete member: accepted, as tarfile does
         first = False
         if header == ZERO_BLOCK:
             return
@@ -100,7 +102,7 @@ def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
             next_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
             continue
         name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-        if header[257:262] == b"ustar" and header[345] != 0:
+        if header[257:263] == b"ustar\0" and header[345] != 0:  # POSIX, not GNU's "ustar  "
             prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             name = f"{prefix}/{name}"
         if kind in REGULAR:

@@ -25,7 +25,7 @@ class ByteTokenizer:
     text tower pools at the EOT position.
     """
 
-    PAD = 0
+    PAD = pad_id = 0
     SOT = 257
     EOT = 258
     vocab_size = 259
