@@ -187,3 +187,40 @@ def test_two_processes_started_like_srun_train_together(tmp_path, digits_cache):
     saved = sorted(p.name for p in (workdir / "checkpoints" / "3" / "loader").glob("*.json"))
     assert saved == ["process_0-of-2.json", "process_1-of-2.json"]
     assert sorted(_losses(workdir)) == [1, 2, 3]
+
+
+def _slurm_cluster() -> bool:
+    """A Slurm controller answers (`launch/slurm_local_cluster.sh` starts one; CI does)."""
+    if not shutil.which("sbatch") or not os.environ.get("SLURM_CONF"):
+        return False
+    done = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    return done.returncode == 0 and "idle" in done.stdout
+
+
+@pytest.mark.skipif(not _slurm_cluster(), reason="no Slurm cluster (SLURM_CONF unset)")
+def test_slurm_batch_script_trains_on_a_real_cluster(tmp_path, digits_cache):
+    """launch/slurm.sbatch under sbatch: srun starts 2 tasks that find each other."""
+    workdir = tmp_path / "run"
+    spec = f"{build_digits_shards(digits_cache).root / 'train'}/{{00000..00003}}.tar"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
+    env["SLURM_CONF"] = os.environ["SLURM_CONF"]
+    exported = {
+        "UV": shutil.which("uv") or "uv",
+        "UV_PYTHON": sys.executable,  # the job's `uv sync` keeps this test run's environment
+        "CLIPJAX_JAX_EXTRA": "",  # CPU nodes: no accelerator jax
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    }
+    command = [
+        "sbatch", "--wait", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
+        "--gpus-per-node=0", f"--output={tmp_path}/slurm-%j.out", f"--chdir={ROOT}",
+        "--export=ALL," + ",".join(f"{k}={v}" for k, v in exported.items()),
+        str(ROOT / "launch" / "slurm.sbatch"), *_train_args(workdir, spec, 3),
+    ]  # fmt: skip
+    command.remove("train")  # the script runs `clipjax train` itself
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    output = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    assert done.returncode == 0, done.stderr + output[-3000:]
+    saved = sorted(p.name for p in (workdir / "checkpoints" / "3" / "loader").glob("*.json"))
+    assert saved == ["process_0-of-2.json", "process_1-of-2.json"]
+    assert sorted(_losses(workdir)) == [1, 2, 3]

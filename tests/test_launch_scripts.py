@@ -95,9 +95,10 @@ def test_slurm_dry_run_starts_clipjax_under_srun():
     assert setup == ["uv", "sync", "--locked"]
     assert "jax[cuda12]==" in gpu[-1]
     assert train == [
-        "srun", "--ntasks-per-node=1", "uv", "run", "--no-sync", "clipjax", "train",
-        "--workdir", "/shared/run 1",
+        "srun", "uv", "run", "--no-sync", "clipjax", "train", "--workdir", "/shared/run 1",
     ]  # fmt: skip
+    cpu = _run("bash", str(LAUNCH / "slurm.sbatch"), env={**env, "CLIPJAX_JAX_EXTRA": ""})
+    assert [shlex.split(line)[0] for line in cpu.splitlines()] == ["uv", "srun"]
     header = (LAUNCH / "slurm.sbatch").read_text()
     assert "#SBATCH --ntasks-per-node=1" in header and "#SBATCH --signal=TERM@" in header
 
