@@ -174,9 +174,12 @@ class _Run:
     def loop(self, state, start: int, writer: MetricWriter, watch: PreemptionWatch):
         total = self.config.train.steps
         throughput = Throughput(total, self.config.train.batch_size, start_step=start)
+        upcoming = self._on_device() if start < total else None
         for step in range(start + 1, total + 1):
-            batch, loader_state = next(self.batches)
-            state, metrics = self.step_fn(state, to_global(batch, self.sharding_for))
+            batch, loader_state = upcoming
+            state, metrics = self.step_fn(state, batch)
+            # device prefetch: the next batch's transfer overlaps this step's compute
+            upcoming = self._on_device() if step < total else None
             self._log(step, state, metrics, throughput, writer)
             preempted = step < total and watch.reached(step)
             force = preempted or step == total
@@ -190,6 +193,11 @@ class _Run:
                 writer.write(total, self.evaluator.run(state.params, total, force=True))
             )
         return state
+
+    def _on_device(self) -> tuple[dict, dict]:
+        """The next batch as global device arrays, with the loader state after it."""
+        batch, loader_state = next(self.batches)
+        return to_global(batch, self.sharding_for), loader_state
 
     def _log(self, step: int, state, metrics, throughput: Throughput, writer) -> None:
         total = self.config.train.steps
