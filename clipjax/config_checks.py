@@ -8,7 +8,7 @@ from pathlib import Path
 import ml_collections
 
 from clipjax.data.decode import parse_keys
-from clipjax.data.loader import train_sources
+from clipjax.data.loader import stream_range, train_sources
 from clipjax.data.shards import check_openers
 from clipjax.data.tokenizers import build_tokenizer
 from clipjax.evaluate.runner import EVAL_KINDS, EVAL_SOURCES
@@ -132,12 +132,12 @@ def _streams(c, num_processes: int, problems: list[str]) -> None:
     streams = c.data.streams
     if streams < 0:
         problems.append(f"data.streams={streams}; expected 0 (one per process) or more")
-    elif streams and streams % num_processes:
-        problems.append(f"data.streams={streams} is not divisible by {num_processes} processes")
-    elif c.train.batch_size % (streams or num_processes):
+        return
+    owned = _attempt(problems, stream_range, streams, 0, num_processes)
+    if owned is not None and c.train.batch_size % (len(owned) * num_processes):
         problems.append(
             f"train.batch_size={c.train.batch_size} is not divisible by "
-            f"data.streams={streams or num_processes}"
+            f"data.streams={len(owned) * num_processes}"
         )
 
 

@@ -175,19 +175,13 @@ def initialize(group: ProcessGroup, timeouts: Timeouts = Timeouts()) -> None:
 
     # CPU processes exchange collectives through gloo; accelerators are unaffected.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    explicit = {}
-    if group.source == "jax":
-        flags = ("coordinator_address", "num_processes", "process_id", "local_device_ids")
-        explicit = {k: getattr(group, k) for k in flags if getattr(group, k) is not None}
+    fields = ("coordinator_address", "num_processes", "process_id", "local_device_ids")
+    explicit = {k: getattr(group, k) for k in fields}
+    if group.source == "jax":  # JAX detects what is unset
+        explicit = {k: v for k, v in explicit.items() if v is not None}
     else:
-        explicit = dict(
-            coordinator_address=group.coordinator_address,
-            num_processes=group.num_processes,
-            process_id=group.process_id,
-            local_device_ids=group.local_device_ids,
-            # JAX would otherwise narrow every Slurm task to one GPU, even one task per node.
-            cluster_detection_method="deactivate",
-        )
+        # JAX would otherwise narrow every Slurm task to one GPU, even one task per node.
+        explicit["cluster_detection_method"] = "deactivate"
     log.info("initialising jax.distributed: %s", group.describe())
     jax.distributed.initialize(
         **explicit,

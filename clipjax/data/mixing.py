@@ -11,9 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from clipjax.data.shards import SampleStream
-
-_DRAW_BLOCK = 4096
+from clipjax.data.shards import CounterDraws, SampleStream
 
 
 class MixedStream:
@@ -29,18 +27,16 @@ class MixedStream:
             raise ValueError(f"mixing weights {list(weights)} must all be positive")
         self.sources = list(sources)
         self.weights = [float(w) for w in weights]
-        self._cumulative = np.cumsum(self.weights) / sum(self.weights)
-        self.seed = tuple(seed)
+        cumulative = np.cumsum(self.weights) / sum(self.weights)
         self.stats = self.sources[0].stats
         self.emitted = 0
-        self._draws: tuple[int, np.ndarray] | None = None
+        self._draws = CounterDraws(
+            lambda block: (*seed, block),
+            lambda rng, size: np.searchsorted(cumulative, rng.random(size), side="right"),
+        )
 
     def _source(self) -> int:
-        block, index = divmod(self.emitted, _DRAW_BLOCK)
-        if self._draws is None or self._draws[0] != block:
-            uniform = np.random.default_rng((*self.seed, block)).random(_DRAW_BLOCK)
-            self._draws = (block, np.searchsorted(self._cumulative, uniform, side="right"))
-        return min(int(self._draws[1][index]), len(self.sources) - 1)
+        return min(int(self._draws[self.emitted]), len(self.sources) - 1)
 
     def __iter__(self) -> MixedStream:
         return self

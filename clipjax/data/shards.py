@@ -18,7 +18,7 @@ import gzip
 import hashlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -33,7 +33,28 @@ log = logging.getLogger(__name__)
 
 MODES = ("epoch", "resampled", "once")
 STATE_VERSION = 1
-_DRAW_BLOCK = 4096  # shuffle-buffer draws generated per seeded block
+_DRAW_BLOCK = 4096  # draws generated per seeded block
+
+
+class CounterDraws:
+    """The n-th value of a seeded sequence without keeping an RNG state: values come
+    in blocks, block b generated from `seed(b)`, so a position is just n."""
+
+    def __init__(
+        self,
+        seed: Callable[[int], tuple],
+        generate: Callable[[np.random.Generator, int], np.ndarray],
+    ):
+        self._seed = seed
+        self._generate = generate
+        self._block: tuple[int, np.ndarray] | None = None
+
+    def __getitem__(self, n: int):
+        block, index = divmod(n, _DRAW_BLOCK)
+        if self._block is None or self._block[0] != block:
+            rng = np.random.default_rng(self._seed(block))
+            self._block = (block, self._generate(rng, _DRAW_BLOCK))
+        return self._block[1][index]
 
 
 def expand_urls(spec: str) -> list[str]:
@@ -181,7 +202,10 @@ class SampleStream:
         if mode != "resampled":
             self._per_epoch = len(self._order(0))
         self._orders: dict[int, list[int]] = {}
-        self._draws: tuple[int, np.ndarray] | None = None
+        self._draws = CounterDraws(
+            lambda block: (seed, process_index, block, 5),
+            lambda rng, size: rng.integers(0, 2**62, size=size),
+        )
         self._reset(emitted=0, shard=0, offset=0)
 
     # -- positions --------------------------------------------------------
@@ -244,11 +268,7 @@ class SampleStream:
         self._reader = None
 
     def _slot(self) -> int:
-        block, index = divmod(self.emitted, _DRAW_BLOCK)
-        if self._draws is None or self._draws[0] != block:
-            rng = np.random.default_rng((self.seed, self.process_index, block, 5))
-            self._draws = (block, rng.integers(0, 2**62, size=_DRAW_BLOCK))
-        return int(self._draws[1][index] % len(self.buffer))
+        return int(self._draws[self.emitted] % len(self.buffer))
 
     def __iter__(self) -> SampleStream:
         return self
