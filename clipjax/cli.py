@@ -219,5 +219,13 @@ def _convert(args) -> int:
     return 0
 
 
+def console_main() -> int:
+    """The `clipjax` command: `main` in a process whose malloc uses huge pages."""
+    from clipjax.host_memory import reexec_with_hugepages
+
+    reexec_with_hugepages(["-m", "clipjax.cli", *sys.argv[1:]])
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())
