@@ -15,6 +15,7 @@ from clipjax.evaluate.runner import EVAL_KINDS, EVAL_SOURCES
 from clipjax.losses.contrastive import LossSpec
 from clipjax.models import MODELS
 from clipjax.models.layers import ACTIVATIONS, REMAT_POLICIES, dtype_of
+from clipjax.models.text import TEXT_POOLS
 from clipjax.models.vit import POOLS
 from clipjax.parallel import axis_tuple, resolve_mesh_shape, rules_table
 from clipjax.train.optim import OPTIMIZERS, SCHEDULES
@@ -55,6 +56,7 @@ FIELD_TYPES = {
     "model.text.vocab_size": int,
     "model.text.context_length": int,
     "model.text.pad_id": int,
+    "model.text.eos_id": int,
     "tokenizer.path": str,
     "tokenizer.context_length": int,
 }
@@ -176,7 +178,13 @@ def _text(c, problems: list[str]) -> None:
             f"model.text.vocab_size={c.model.text.vocab_size} is smaller than the "
             f"{c.tokenizer.kind!r} tokenizer's {tokenizer.vocab_size} ids"
         )
-    _choice(problems, "model.text.pool", c.model.text.pool, ("argmax", "last"))
+    _choice(problems, "model.text.pool", c.model.text.pool, TEXT_POOLS)
+    eos_id = c.model.text.get("eos_id", -1)
+    if c.model.text.pool == "eos" and not 0 <= eos_id < c.model.text.vocab_size:
+        problems.append(
+            f"model.text.pool='eos' needs model.text.eos_id in [0, {c.model.text.vocab_size}), "
+            f"got {eos_id}"
+        )
     if c.model.text.pool == "argmax" and c.tokenizer.kind in ("hf", "sentencepiece"):
         problems.append(
             f"model.text.pool='argmax' pools at the largest token id, which is the end token "

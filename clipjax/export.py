@@ -36,8 +36,8 @@ def export_params(
     if "safetensors" in formats:
         from safetensors.numpy import save_file
 
-        save_file(
-            {k: np.ascontiguousarray(v) for k, v in params.items()},
+        save_file(  # np.asarray keeps 0-d params 0-d (ascontiguousarray makes them [1])
+            {k: np.asarray(v, order="C") for k, v in params.items()},
             out / "params.safetensors",
             metadata=metadata,
         )

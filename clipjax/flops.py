@@ -34,14 +34,14 @@ def block_flops(tokens: int, width: int, mlp_width: int) -> int:
 def image_tower_flops(image, embed_dim: int) -> int:
     patches = (image.image_size // image.patch_size) ** 2
     tokens = patches + (image.pool == "cls")
-    mlp = int(image.width * image.mlp_ratio)
+    mlp = round(image.width * image.mlp_ratio)
     patch_embed = 2 * patches * image.patch_size**2 * 3 * image.width
     blocks = image.depth * block_flops(tokens, image.width, mlp)
     return patch_embed + blocks + 2 * image.width * embed_dim
 
 
 def text_tower_flops(text, embed_dim: int) -> int:
-    mlp = int(text.width * text.mlp_ratio)
+    mlp = round(text.width * text.mlp_ratio)
     blocks = text.depth * block_flops(text.context_length, text.width, mlp)
     return blocks + 2 * text.width * embed_dim
 

@@ -73,7 +73,9 @@ def get_config(arg=None):
             mlp_ratio=2.0,
             act="gelu",
             pool="argmax",  # argmax: the end token has the largest id (CLIP) | last: last non-pad
+            # | eos: the first eos_id
             pad_id=0,  # padding id, for pool="last"
+            eos_id=-1,  # end-of-text id, for pool="eos"
         )
     )
 

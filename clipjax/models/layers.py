@@ -146,7 +146,7 @@ class Block(nnx.Module):
         self.ln_1 = layer_norm(width, **kw)
         self.attn = Attention(width, heads, **kw)
         self.ln_2 = layer_norm(width, **kw)
-        self.mlp = Mlp(width, int(width * mlp_ratio), act, **kw)
+        self.mlp = Mlp(width, round(width * mlp_ratio), act, **kw)
 
     def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
         x = x + self.attn(self.ln_1(x), causal=causal)

@@ -1,0 +1,341 @@
+"""HF transformers CLIP checkpoints (`config.json` + `model.safetensors`) <-> clipjax.
+
+The HF layout stores torch `Linear` weights as `[out, in]`; clipjax keeps
+`[in, out]` kernels and splits attention projections into `(heads, head_dim)`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from clipjax.interop.state_dicts import read_state_dict
+
+HF_ACTIVATIONS = {
+    "quick_gelu": "quick_gelu",
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+}
+CLIPJAX_TO_HF_ACT = {
+    "quick_gelu": "quick_gelu",
+    "gelu": "gelu",
+    "gelu_tanh": "gelu_new",
+    "relu": "relu",
+}
+LEGACY_ARGMAX_EOS = 2  # HF pools at the argmax of the ids when eos_token_id == 2
+TEXT_DEFAULTS = dict(
+    vocab_size=49408,
+    hidden_size=512,
+    intermediate_size=2048,
+    num_hidden_layers=12,
+    num_attention_heads=8,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    eos_token_id=49407,
+)
+VISION_DEFAULTS = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    image_size=224,
+    patch_size=32,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    num_channels=3,
+)
+LAYER_NORM_EPS = 1e-5  # clipjax's LayerNorm epsilon
+TOWERS = {"image": "vision_model", "text": "text_model"}
+
+
+# ---- tensor conversions: (to clipjax, to HF) -------------------------------------------
+
+
+def _contiguous(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, order="C")  # np.ascontiguousarray would turn a scalar into [1]
+
+
+def _linear(w: np.ndarray) -> np.ndarray:
+    return _contiguous(w.T)
+
+
+def _qkv_kernel(heads: int):
+    def to_jax(w):  # [out=H*D, in=W] -> [W, H, D]
+        return _contiguous(w.T.reshape(w.shape[1], heads, -1))
+
+    def to_hf(k):  # [W, H, D] -> [H*D, W]
+        return _contiguous(k.reshape(k.shape[0], -1).T)
+
+    return to_jax, to_hf
+
+
+def _qkv_bias(heads: int):
+    return (lambda b: b.reshape(heads, -1)), (lambda b: b.reshape(-1))
+
+
+def _out_kernel(heads: int):
+    def to_jax(w):  # [out=W, in=H*D] -> [H, D, W]
+        return _contiguous(w.T.reshape(heads, -1, w.shape[0]))
+
+    def to_hf(k):  # [H, D, W] -> [W, H*D]
+        return _contiguous(k.reshape(-1, k.shape[-1]).T)
+
+    return to_jax, to_hf
+
+
+_COPY = (lambda x: x, lambda x: x)
+_LINEAR = (_linear, _linear)
+_CONV = (  # torch OIHW <-> flax HWIO
+    lambda w: _contiguous(w.transpose(2, 3, 1, 0)),
+    lambda k: _contiguous(k.transpose(3, 2, 0, 1)),
+)
+
+
+def _block_table(heads: int) -> list[tuple[str, str, tuple]]:
+    qkv_k, qkv_b, out_k = _qkv_kernel(heads), _qkv_bias(heads), _out_kernel(heads)
+    table = [
+        ("ln_1/scale", "layer_norm1.weight", _COPY),
+        ("ln_1/bias", "layer_norm1.bias", _COPY),
+        ("ln_2/scale", "layer_norm2.weight", _COPY),
+        ("ln_2/bias", "layer_norm2.bias", _COPY),
+        ("attn/out/kernel", "self_attn.out_proj.weight", out_k),
+        ("attn/out/bias", "self_attn.out_proj.bias", _COPY),
+        ("mlp/fc1/kernel", "mlp.fc1.weight", _LINEAR),
+        ("mlp/fc1/bias", "mlp.fc1.bias", _COPY),
+        ("mlp/fc2/kernel", "mlp.fc2.weight", _LINEAR),
+        ("mlp/fc2/bias", "mlp.fc2.bias", _COPY),
+    ]
+    for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+        table.append((f"attn/{ours}/kernel", f"self_attn.{theirs}.weight", qkv_k))
+        table.append((f"attn/{ours}/bias", f"self_attn.{theirs}.bias", qkv_b))
+    return table
+
+
+def name_table(model_cfg) -> list[tuple[str, str, tuple]]:
+    """Every (clipjax name, HF name, (to clipjax, to HF)) of a two-tower model."""
+    v, t = "vision_model", "text_model"
+    table = [
+        ("image/patch_embed/kernel", f"{v}.embeddings.patch_embedding.weight", _CONV),
+        ("image/cls_token", f"{v}.embeddings.class_embedding", _COPY),
+        ("image/pos_embed", f"{v}.embeddings.position_embedding.weight", _COPY),
+        ("image/ln_pre/scale", f"{v}.pre_layrnorm.weight", _COPY),
+        ("image/ln_pre/bias", f"{v}.pre_layrnorm.bias", _COPY),
+        ("image/ln_post/scale", f"{v}.post_layernorm.weight", _COPY),
+        ("image/ln_post/bias", f"{v}.post_layernorm.bias", _COPY),
+        ("image/proj/kernel", "visual_projection.weight", _LINEAR),
+        ("text/token_embed/embedding", f"{t}.embeddings.token_embedding.weight", _COPY),
+        ("text/pos_embed", f"{t}.embeddings.position_embedding.weight", _COPY),
+        ("text/ln_final/scale", f"{t}.final_layer_norm.weight", _COPY),
+        ("text/ln_final/bias", f"{t}.final_layer_norm.bias", _COPY),
+        ("text/proj/kernel", "text_projection.weight", _LINEAR),
+        ("logit_scale", "logit_scale", _COPY),
+    ]
+    for tower, prefix in TOWERS.items():
+        cfg = model_cfg[tower]
+        for layer in range(cfg.depth):
+            for ours, theirs, convert in _block_table(cfg.heads):
+                table.append(
+                    (
+                        f"{tower}/encoder/blocks/{layer}/{ours}",
+                        f"{prefix}.encoder.layers.{layer}.{theirs}",
+                        convert,
+                    )
+                )
+    return table
+
+
+# ---- configs ---------------------------------------------------------------------------
+
+
+def _act(name: str, where: str) -> str:
+    if name not in HF_ACTIVATIONS:
+        raise ValueError(
+            f"{where}.hidden_act={name!r} has no clipjax equivalent; "
+            f"expected one of {sorted(HF_ACTIVATIONS)}"
+        )
+    return HF_ACTIVATIONS[name]
+
+
+def _tower_config(raw: dict | None, defaults: dict, where: str) -> dict:
+    merged = {**defaults, **(raw or {})}
+    eps = merged.get("layer_norm_eps", LAYER_NORM_EPS)
+    if abs(eps - LAYER_NORM_EPS) > 1e-12:
+        raise ValueError(
+            f"{where}.layer_norm_eps={eps}; clipjax's layer norms use {LAYER_NORM_EPS}"
+        )
+    return merged
+
+
+def model_config_from_hf(hf: dict, base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`base` (a clipjax `model` config group) with the towers of an HF CLIPConfig."""
+    if hf.get("model_type", "clip") != "clip":
+        raise ValueError(f"config.json has model_type={hf.get('model_type')!r}; expected 'clip'")
+    vision = _tower_config(hf.get("vision_config"), VISION_DEFAULTS, "vision_config")
+    text = _tower_config(hf.get("text_config"), TEXT_DEFAULTS, "text_config")
+    if vision["num_channels"] != 3:
+        raise ValueError(f"vision_config.num_channels={vision['num_channels']}; expected 3")
+    eos = text["eos_token_id"]
+    model = ml_collections.ConfigDict(base.to_dict())
+    model.name = "clip"
+    model.embed_dim = int(hf.get("projection_dim", 512))
+    model.logit_bias_init = None
+    model.image.update(
+        dict(
+            image_size=int(vision["image_size"]),
+            patch_size=int(vision["patch_size"]),
+            width=int(vision["hidden_size"]),
+            depth=int(vision["num_hidden_layers"]),
+            heads=int(vision["num_attention_heads"]),
+            mlp_ratio=vision["intermediate_size"] / vision["hidden_size"],
+            act=_act(vision["hidden_act"], "vision_config"),
+            pool="cls",
+            ln_pre=True,
+            patch_bias=False,
+        )
+    )
+    model.text.update(
+        dict(
+            vocab_size=int(text["vocab_size"]),
+            context_length=int(text["max_position_embeddings"]),
+            width=int(text["hidden_size"]),
+            depth=int(text["num_hidden_layers"]),
+            heads=int(text["num_attention_heads"]),
+            mlp_ratio=text["intermediate_size"] / text["hidden_size"],
+            act=_act(text["hidden_act"], "text_config"),
+            pool="argmax" if eos == LEGACY_ARGMAX_EOS else "eos",
+            eos_id=-1 if eos == LEGACY_ARGMAX_EOS else int(eos),
+        )
+    )
+    return model
+
+
+def hf_config_from_model(model_cfg, logit_scale: float) -> dict:
+    """An HF CLIPConfig dict for a clipjax model that has the HF architecture."""
+    image, text = model_cfg.image, model_cfg.text
+    problems = []
+    if model_cfg.name != "clip":
+        problems.append(f"model.name={model_cfg.name!r} (only 'clip')")
+    if image.pool != "cls" or not image.ln_pre or image.patch_bias:
+        problems.append(
+            f"image pool={image.pool!r}, ln_pre={image.ln_pre}, patch_bias={image.patch_bias} "
+            "(HF CLIP: pool='cls', ln_pre=True, patch_bias=False)"
+        )
+    if text.get("pool", "argmax") not in ("argmax", "eos"):
+        problems.append(f"text pool={text.pool!r} (HF CLIP pools at argmax or the eos id)")
+    if model_cfg.get("logit_bias_init") is not None:
+        problems.append("a learned logit bias (SigLIP); HF CLIPModel has none")
+    for tower in (image, text):
+        if tower.act not in CLIPJAX_TO_HF_ACT:
+            problems.append(f"activation {tower.act!r}")
+    if problems:
+        raise ValueError("this model has no HF CLIP equivalent: " + "; ".join(problems))
+    eos = LEGACY_ARGMAX_EOS if text.get("pool", "argmax") == "argmax" else int(text.eos_id)
+    return {
+        "architectures": ["CLIPModel"],
+        "model_type": "clip",
+        "projection_dim": int(model_cfg.embed_dim),
+        "logit_scale_init_value": float(logit_scale),
+        "text_config": {
+            "model_type": "clip_text_model",
+            "vocab_size": int(text.vocab_size),
+            "hidden_size": int(text.width),
+            "intermediate_size": round(text.width * text.mlp_ratio),
+            "num_hidden_layers": int(text.depth),
+            "num_attention_heads": int(text.heads),
+            "max_position_embeddings": int(text.context_length),
+            "hidden_act": CLIPJAX_TO_HF_ACT[text.act],
+            "layer_norm_eps": LAYER_NORM_EPS,
+            "projection_dim": int(model_cfg.embed_dim),
+            "eos_token_id": eos,
+        },
+        "vision_config": {
+            "model_type": "clip_vision_model",
+            "hidden_size": int(image.width),
+            "intermediate_size": round(image.width * image.mlp_ratio),
+            "num_hidden_layers": int(image.depth),
+            "num_attention_heads": int(image.heads),
+            "image_size": int(image.image_size),
+            "patch_size": int(image.patch_size),
+            "num_channels": 3,
+            "hidden_act": CLIPJAX_TO_HF_ACT[image.act],
+            "layer_norm_eps": LAYER_NORM_EPS,
+            "projection_dim": int(model_cfg.embed_dim),
+        },
+    }
+
+
+# ---- weights ---------------------------------------------------------------------------
+
+IGNORED_HF = ("position_ids",)  # buffers some saves include
+
+
+def params_from_hf(state: dict[str, np.ndarray], model_cfg, source: str) -> dict:
+    """clipjax's unrolled flat params from an HF CLIPModel state dict."""
+    state = {k.removeprefix("clip."): v for k, v in state.items()}
+    out, used = {}, set()
+    for ours, theirs, (to_jax, _) in name_table(model_cfg):
+        if theirs not in state:
+            raise ValueError(f"{source} has no {theirs!r} (needed for {ours})")
+        out[ours] = np.asarray(to_jax(state[theirs]), np.float32)
+        used.add(theirs)
+    left = sorted(k for k in set(state) - used if not k.endswith(IGNORED_HF))
+    if left:
+        raise ValueError(
+            f"{source} has weights clipjax's CLIP does not use: {left[:8]}"
+            + (f" and {len(left) - 8} more" if len(left) > 8 else "")
+        )
+    return out
+
+
+def params_to_hf(unrolled: dict[str, np.ndarray], model_cfg) -> dict[str, np.ndarray]:
+    """The inverse of `params_from_hf`."""
+    out = {}
+    for ours, theirs, (_, to_hf) in name_table(model_cfg):
+        out[theirs] = _contiguous(to_hf(np.asarray(unrolled[ours])))
+    return out
+
+
+def _weights_file(directory: Path) -> Path:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            return directory / name
+    if list(directory.glob("model-*-of-*.safetensors")):
+        raise ValueError(
+            f"{directory}: sharded safetensors are not supported yet; "
+            "merge them into model.safetensors"
+        )
+    raise FileNotFoundError(f"{directory} has no model.safetensors or pytorch_model.bin")
+
+
+def load_hf_clip(directory: str | Path, base_model_cfg) -> tuple[ml_collections.ConfigDict, dict]:
+    """(clipjax model config, unrolled flat params) of an HF CLIP directory."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{config_path} does not exist (expected an HF CLIP directory "
+            "with config.json and model.safetensors)"
+        )
+    model_cfg = model_config_from_hf(json.loads(config_path.read_text()), base_model_cfg)
+    weights = _weights_file(directory)
+    return model_cfg, params_from_hf(read_state_dict(weights), model_cfg, str(weights))
+
+
+def save_hf_clip(unrolled: dict[str, np.ndarray], model_cfg, directory: str | Path) -> Path:
+    """Writes `config.json` and `model.safetensors` that `CLIPModel.from_pretrained` reads."""
+    from safetensors.numpy import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    logit_scale = float(np.asarray(unrolled["logit_scale"]))
+    config = hf_config_from_model(model_cfg, logit_scale)
+    tensors = {k: v.astype(np.float32) for k, v in params_to_hf(unrolled, model_cfg).items()}
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    return directory

@@ -1,0 +1,91 @@
+"""OpenCLIP import against a committed fixture written by open_clip itself
+(tests/fixtures/make_open_clip_fixture.py): no torch needed here."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipjax.config import load_config
+from clipjax.interop.open_clip import load_open_clip, model_config_from_open_clip
+from clipjax.interop.params_tree import build_with_params
+from clipjax.interop.state_dicts import read_state_dict
+
+FIXTURE = Path(__file__).parent / "fixtures" / "open_clip_small"
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_open_clip_import_matches_open_clip_embeddings(scan):
+    setup = json.loads((FIXTURE / "setup.json").read_text())
+    expected = np.load(FIXTURE / "expected.npz")
+    base = load_config("configs/default.py").model
+    base.scan_layers = scan
+    model_cfg, params = load_open_clip(
+        FIXTURE / "model.safetensors", base, act=setup["act"], image_heads=setup["image_heads"]
+    )
+    assert (model_cfg.image.width, model_cfg.image.depth, model_cfg.image.heads) == (64, 2, 2)
+    assert (model_cfg.text.vocab_size, model_cfg.text.context_length) == (256, 12)
+    assert model_cfg.text.heads == 1  # open_clip's default 64-wide heads, inferred
+    assert model_cfg.image.image_size == 32 and model_cfg.embed_dim == 32
+    model = build_with_params(model_cfg, params, "fixture")
+    image = np.asarray(model.image(expected["pixels"].transpose(0, 2, 3, 1)))
+    text = np.asarray(model.text(expected["tokens"]))
+    np.testing.assert_allclose(image, expected["image"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(text, expected["text"], atol=1e-5, rtol=0)
+    assert float(np.abs(expected["text"]).max()) > 0.1
+    assert float(model.logit_scale[...]) == pytest.approx(float(expected["logit_scale"]))
+
+
+def test_wrong_head_count_changes_the_embeddings():
+    """Heads are not in the weights: the import must use the right count, and the
+    default guess (64-wide heads) gives different image embeddings here."""
+    expected = np.load(FIXTURE / "expected.npz")
+    base = load_config("configs/default.py").model
+    model_cfg, params = load_open_clip(FIXTURE / "model.safetensors", base, act="quick_gelu")
+    assert model_cfg.image.heads == 1
+    model = build_with_params(model_cfg, params, "fixture")
+    image = np.asarray(model.image(expected["pixels"].transpose(0, 2, 3, 1)))
+    assert np.abs(image - expected["image"]).max() > 1e-3
+
+
+def test_unsupported_state_dicts_are_named(tmp_path):
+    from safetensors.numpy import save_file
+
+    state = read_state_dict(FIXTURE / "model.safetensors")
+    base = load_config("configs/default.py").model
+    with pytest.raises(ValueError, match=r"no visual.conv1.weight"):
+        model_config_from_open_clip({"visual.trunk.x": np.zeros(1)}, base, "gelu")
+    state["visual.attn_pool.query"] = np.zeros((1, 64), np.float16)
+    save_file(state, str(tmp_path / "extra.safetensors"))
+    with pytest.raises(ValueError, match=r"does not use: \['visual.attn_pool.query'\]"):
+        load_open_clip(tmp_path / "extra.safetensors", base, act="quick_gelu")
+    with pytest.raises(ValueError, match=r"unknown state dict format '.npz'"):
+        read_state_dict(FIXTURE / "expected.npz")
+    with pytest.raises(FileNotFoundError, match=r"nothing.safetensors"):
+        read_state_dict(tmp_path / "nothing.safetensors")
+
+
+def test_torch_bin_files_load_with_weights_only(tmp_path):
+    from optional import require
+
+    torch = require("torch")
+    state = read_state_dict(FIXTURE / "model.safetensors")
+    torch.save(
+        {
+            "state_dict": {
+                f"module.{k}": torch.tensor(v.astype(np.float32)) for k, v in state.items()
+            }
+        },
+        tmp_path / "ckpt.pt",
+    )
+    loaded = read_state_dict(tmp_path / "ckpt.pt")
+    assert sorted(loaded) == sorted(state)
+    for name, value in state.items():
+        np.testing.assert_array_equal(loaded[name], value.astype(np.float32))
+
+    import argparse  # any class outside torch's allow-list stands for arbitrary pickle
+
+    torch.save({"x": argparse.Namespace(a=1)}, tmp_path / "pickle.pt")
+    with pytest.raises(ValueError, match=r"weights_only=True"):
+        read_state_dict(tmp_path / "pickle.pt")
