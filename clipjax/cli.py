@@ -3,6 +3,8 @@
 clipjax train [--config=FILE.py[:variant]] [--workdir=DIR] [--config.a.b=value ...]
               [--distributed=auto|off|jax] [--coordinator_address=H:P --num_processes=N
               --process_id=I]   (one of several processes: see launch/)
+clipjax eval [--config=FILE.py[:variant]] (--checkpoint=DIR [--step=N] | --hf=DIR |
+             --open-clip=FILE [--act=quick_gelu] [--image-heads=N]) [--out=metrics.json]
 clipjax shards (--from-folder DIR | --from-csv FILE | --from-digits) --out DIR
 clipjax convert --checkpoint=WORKDIR_OR_CHECKPOINT_DIR --out=DIR [--step=N] [--format=...]
 
@@ -62,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         "a workdir with checkpoints resumes from the latest",
     )
     _distributed_flags(train)
+    _eval_parser(commands)
     convert = commands.add_parser(
         "convert", help="write a checkpoint's params as safetensors/npz with its config"
     )
@@ -89,6 +92,70 @@ def _parser() -> argparse.ArgumentParser:
     )
     shards.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _eval_parser(commands) -> None:
+    ev = commands.add_parser(
+        "eval",
+        help="run the config's evals on a checkpoint or on imported HF/open_clip weights",
+        epilog="override any field with --config.a.b=value, e.g. --config.evals.digits.every=0",
+    )
+    ev.add_argument(
+        "--config",
+        default=None,
+        help="config file[:variant] whose `evals` run (default: the run's config.json beside "
+        "--checkpoint, else the embedded default)",
+    )
+    weights = ev.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint", help="a clipjax workdir, its checkpoints/ or one step")
+    weights.add_argument("--hf", help="an HF CLIP directory (config.json + model.safetensors)")
+    weights.add_argument(
+        "--open-clip", dest="open_clip", help="an open_clip CLIP state dict (.safetensors/.bin/.pt)"
+    )
+    ev.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    ev.add_argument(
+        "--act",
+        choices=("gelu", "quick_gelu"),
+        default="gelu",
+        help="open_clip only: the towers' activation (quick_gelu for OpenAI and -quickgelu models)",
+    )
+    ev.add_argument("--image-heads", type=int, help="open_clip only (default: width / 64)")
+    ev.add_argument("--text-heads", type=int, help="open_clip only (default: width / 64)")
+    ev.add_argument("--out", help="also write the metrics to this JSON file")
+
+
+def _eval(args, overrides: list[str]) -> int:
+    import json
+
+    from clipjax.evaluate import standalone as sa
+
+    source = sa.WeightsSource(
+        checkpoint=args.checkpoint or "",
+        step=args.step,
+        hf=args.hf or "",
+        open_clip=args.open_clip or "",
+        act=args.act,
+        image_heads=args.image_heads,
+        text_heads=args.text_heads,
+    )
+    try:
+        saved = sa.run_config_json(args.checkpoint) if args.checkpoint else None
+        if args.config is None and saved is not None:
+            config = sa.config_from_json(saved)
+        else:
+            config = load_config(args.config)
+        imported = None if args.checkpoint else sa.imported_params(config, source)
+        apply_overrides(config, overrides)
+        metrics = sa.evaluate(config, source, imported)
+    except (ConfigError, FileNotFoundError, ValueError, ImportError) as exc:
+        print(f"clipjax: {exc}", file=sys.stderr)
+        return 2
+    for key, value in sorted(metrics.items()):
+        print(f"{key:<48} {value:.4f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"weights": source.describe(), **metrics}, f, indent=1)
+    return 0
 
 
 def _distributed_flags(train: argparse.ArgumentParser) -> None:
@@ -164,7 +231,7 @@ def _summary(result, workdir: str) -> str:
     final = f" (final loss {result.losses[-1]:.4f})" if result.losses else ""
     lines = ["", f"trained {done} steps in {result.wall_seconds:.1f} s wall clock{resumed}{final}"]
     for key, value in sorted(result.final_metrics.items()):
-        if key.startswith("zeroshot/"):
+        if key.startswith(("zeroshot/", "retrieval/", "linear_probe/")):
             lines.append(f"  {key:<40} {value:.4f}")
     lines.append(
         f"metrics: {os.path.join(workdir, 'metrics.jsonl')}  "
@@ -182,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _convert(args)
     if args.command == "shards":
         return _shards(args)
+    if args.command == "eval":
+        return _eval(args, overrides)
     try:
         config = load_config(args.config)
         apply_overrides(config, overrides)

@@ -11,7 +11,7 @@ from clipjax.data.decode import parse_keys
 from clipjax.data.loader import stream_range, train_sources
 from clipjax.data.shards import check_openers
 from clipjax.data.tokenizers import build_tokenizer
-from clipjax.evaluate.runner import EVAL_KINDS, EVAL_SOURCES
+from clipjax.evaluate.runner import EVAL_DEFAULTS, EVAL_KINDS, EVAL_SOURCES, eval_field
 from clipjax.losses.contrastive import LossSpec
 from clipjax.models import MODELS
 from clipjax.models.layers import ACTIVATIONS, REMAT_POLICIES, dtype_of
@@ -106,7 +106,11 @@ def _mesh_and_batch(c, num_devices: int, num_processes: int, problems: list[str]
     names = axis_tuple(batch_axes)
     data_parallel = math.prod(sizes[a] for a in names)
     batches = [("train.batch_size", c.train.batch_size)]
-    batches += [(f"evals.{n}.batch_size", e.batch_size) for n, e in c.evals.items()]
+    batches += [
+        (f"evals.{n}.batch_size", eval_field(e, "batch_size"))
+        for n, e in c.evals.items()
+        if isinstance(e, ml_collections.ConfigDict)
+    ]
     for field, size in batches:
         if size % data_parallel:
             problems.append(
@@ -271,12 +275,22 @@ def _evals(c, problems: list[str]) -> None:
         if not isinstance(e, ml_collections.ConfigDict):
             problems.append(f"evals.{name} must be a group of fields (kind, source, ...)")
             continue
-        _choice(problems, f"evals.{name}.kind", e.kind, EVAL_KINDS)
-        _choice(problems, f"evals.{name}.source", e.source, EVAL_SOURCES)
-        if e.source == "clip_benchmark" and not e.dataset_dir:
-            problems.append(f"evals.{name}.source='clip_benchmark' needs evals.{name}.dataset_dir")
-        if e.every < 0:
-            problems.append(f"evals.{name}.every={e.every} must be >= 0 (0: at the end only)")
+        unknown = sorted(set(e.keys()) - set(EVAL_DEFAULTS) - {"kind", "source"})
+        if unknown:
+            problems.append(
+                f"evals.{name} has unknown fields {unknown}; expected kind, source and some "
+                f"of {sorted(EVAL_DEFAULTS)}"
+            )
+        _choice(problems, f"evals.{name}.kind", e.get("kind"), EVAL_KINDS)
+        _choice(problems, f"evals.{name}.source", e.get("source"), EVAL_SOURCES)
+        if e.get("source") in ("clip_benchmark", "image_folder", "tfds") and not eval_field(
+            e, "dataset_dir"
+        ):
+            problems.append(f"evals.{name}.source={e.source!r} needs evals.{name}.dataset_dir")
+        if e.get("source") == "tfds" and not eval_field(e, "dataset_name"):
+            problems.append(f"evals.{name}.source='tfds' needs evals.{name}.dataset_name")
+        if eval_field(e, "every") < 0:
+            problems.append(f"evals.{name}.every={e.every} must be >= 0 (0: at the last step only)")
 
 
 def config_problems(

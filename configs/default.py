@@ -132,15 +132,18 @@ def get_config(arg=None):
         ("layers", None),
     )
 
+    # Evaluations (clipjax/evaluate/runner.py lists every field): kind zeroshot | retrieval |
+    # linear_probe, source digits | clip_benchmark | image_folder | tfds. every > 0: at step
+    # 0, every N steps and at the end; 0: at the end only.
     c.evals = ml_collections.ConfigDict()
     c.evals.digits = ml_collections.ConfigDict(
-        dict(
-            kind="zeroshot",
-            source="digits",
-            dataset_dir="",
-            every=0,
-            batch_size=256,
-        )
+        dict(kind="zeroshot", source="digits", dataset_dir="", every=0, batch_size=256)
+    )
+    c.evals.digits_retrieval = ml_collections.ConfigDict(
+        dict(kind="retrieval", source="digits", dataset_dir="", every=0, batch_size=256)
+    )
+    c.evals.digits_probe = ml_collections.ConfigDict(
+        dict(kind="linear_probe", source="digits", dataset_dir="", every=0, batch_size=256)
     )
 
     if arg == "tiny":
@@ -152,6 +155,7 @@ def get_config(arg=None):
         c.model.text.depth = 1
         c.model.image.width = c.model.text.width = 64
         c.model.embed_dim = 64
+        del c.evals["digits_retrieval"], c.evals["digits_probe"]  # tests run those themselves
     elif arg:
         raise ValueError(f"unknown variant {arg!r} of configs/default.py; expected 'tiny'")
     return c

@@ -1,9 +1,10 @@
 """Writing webdataset shards in img2dataset's layout (`KEY.png`, `KEY.txt`, `KEY.json`).
 
 The bundled-digits builder turns scikit-learn's 8x8 digits into a train set of
-captioned shards and a held-out zero-shot set in clip_benchmark's layout
-(`classnames.txt`, `zeroshot_classification_templates.txt`, `test/*.tar` with
-`.cls` labels). The result is cached: a second call returns the finished
+captioned shards, a zero-shot set in clip_benchmark's layout (`classnames.txt`,
+`zeroshot_classification_templates.txt`, held-out `test/*.tar` and the training
+images in `train/*.tar`, with `.cls` labels) and a retrieval set of the held-out
+images with two captions each. The result is cached: a second call returns the finished
 directory without touching it.
 """
 
@@ -60,7 +61,13 @@ ZEROSHOT_TEMPLATES = (
     "this is {c}.",
 )
 
-DIGITS_LAYOUT_VERSION = "digits-v1"
+# Retrieval captions of held-out digits: none of these appears in TRAIN_TEMPLATES either.
+RETRIEVAL_TEMPLATES = (
+    "a handwritten {word} on a dark background.",
+    "the numeral {digit}, written by hand.",
+    "a small gray picture of the digit {word}.",
+)
+DIGITS_LAYOUT_VERSION = "digits-v2"  # v2: zeroshot/train (linear probe) and retrieval/
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,13 @@ class DigitsShards:
 
     @property
     def zeroshot_dir(self) -> Path:
+        """clip_benchmark classification layout: test/ held out, train/ for linear probes."""
         return self.root / "zeroshot"
+
+    @property
+    def retrieval_dir(self) -> Path:
+        """clip_benchmark retrieval layout: held-out images, captions one per line."""
+        return self.root / "retrieval"
 
     def train_urls(self) -> list[str]:
         return sorted(str(p) for p in (self.root / "train").glob("*.tar"))
@@ -160,6 +173,24 @@ def _labelled_samples(
         }
 
 
+def _retrieval_samples(
+    images: np.ndarray, labels: np.ndarray, indices: np.ndarray, seed: int
+) -> Iterator[dict]:
+    """Each image with two of the retrieval templates as its captions."""
+    rng = np.random.default_rng(seed)
+    for key_index in indices:
+        label = int(labels[key_index])
+        chosen = rng.choice(len(RETRIEVAL_TEMPLATES), size=2, replace=False)
+        captions = [
+            RETRIEVAL_TEMPLATES[i].format(word=DIGIT_WORDS[label], digit=label) for i in chosen
+        ]
+        yield {
+            "__key__": f"{key_index:06d}",
+            "png": encode_png(images[key_index]),
+            "txt": "\n".join(captions),
+        }
+
+
 def build_digits_shards(
     cache_dir: str | os.PathLike | None = None,
     image_size: int = 32,
@@ -192,6 +223,18 @@ def build_digits_shards(
         write_shards(
             _labelled_samples(images, labels, np.sort(test_idx)),
             zeroshot / "test",
+            samples_per_shard,
+            name_format="{}.tar",
+        )
+        write_shards(
+            _labelled_samples(images, labels, np.sort(train_idx)),
+            zeroshot / "train",
+            samples_per_shard,
+            name_format="{}.tar",
+        )
+        write_shards(
+            _retrieval_samples(images, labels, np.sort(test_idx), seed),
+            staging / "retrieval" / "test",
             samples_per_shard,
             name_format="{}.tar",
         )

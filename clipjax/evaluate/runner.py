@@ -1,110 +1,237 @@
-"""Runs the config's `evals` on the current parameters."""
+"""Runs the config's `evals` (zero-shot, retrieval, linear probe) on given params.
+
+Each entry of `config.evals` names a kind, a source and an interval:
+
+    evals.NAME = dict(kind="zeroshot" | "retrieval" | "linear_probe",
+                      source="digits" | "clip_benchmark" | "image_folder" | "tfds",
+                      dataset_dir=..., every=N, batch_size=B, ...)
+
+An entry with `every > 0` runs at step 0, every `every` steps and at the last
+step; `every = 0` only at the last step.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import numpy as np
 from flax import nnx
 
 from clipjax.data.decode import ImageTransform, parse_keys
-from clipjax.data.loader import labelled_images
-from clipjax.data.shards import DataStats, SampleStream
 from clipjax.data.tokenizers import Tokenizer
 from clipjax.data.writer import build_digits_shards
+from clipjax.evaluate.assets import read_lines
 from clipjax.evaluate.features import embed_all
-from clipjax.evaluate.sources import ZeroShotSet, load_clip_benchmark_dir
+from clipjax.evaluate.linear_probe import linear_probe
+from clipjax.evaluate.retrieval import flatten_captions, retrieval_metrics
+from clipjax.evaluate.sources import EvalSet, load_clip_benchmark, load_image_folder, load_tfds
 from clipjax.evaluate.zeroshot import class_embeddings, classification_metrics
-from clipjax.train.state import ModelSpec
 
 log = logging.getLogger(__name__)
 
-EVAL_KINDS = ("zeroshot",)
-EVAL_SOURCES = ("digits", "clip_benchmark")
+EVAL_KINDS = ("zeroshot", "retrieval", "linear_probe")
+EVAL_SOURCES = ("digits", "clip_benchmark", "image_folder", "tfds")
+# Optional fields of an eval entry and their defaults.
+EVAL_DEFAULTS = dict(
+    dataset_dir="",  # clip_benchmark dir | image folder | tfds data_dir
+    dataset_name="",  # tfds name; also picks bundled class names/templates (cifar10, ...)
+    split="test",
+    train_split="train",  # linear_probe: features to fit on
+    templates_file="",  # one template per line with {c}; "" = the set's own or bundled
+    classnames_file="",
+    image_key="image",  # tfds features
+    label_key="label",
+    caption_key="",  # tfds retrieval sets
+    limit=0,  # tfds: first N examples only; 0 = all
+    every=0,
+    batch_size=256,
+)
 
 
-def resolve_zeroshot_set(name: str, eval_cfg, data_cfg) -> ZeroShotSet:
-    if eval_cfg.source == "digits":
+def eval_field(cfg, field: str):
+    return cfg.get(field, EVAL_DEFAULTS[field])
+
+
+@dataclass
+class EvalContext:
+    """What every eval needs besides its data: encoders, tokenizer, placement."""
+
+    encode_image: Callable[[np.ndarray], np.ndarray]
+    encode_text: Callable[[np.ndarray], np.ndarray]
+    tokenizer: Tokenizer
+    sharding_for: Callable
+
+    def images(self, images: np.ndarray, batch: int) -> np.ndarray:
+        return embed_all(self.encode_image, images, batch, self.sharding_for)
+
+    def texts(self, tokens: np.ndarray, batch: int) -> np.ndarray:
+        return embed_all(self.encode_text, tokens, batch, self.sharding_for)
+
+
+def load_split(name: str, cfg, data_cfg, split: str) -> EvalSet:
+    """One split of the eval set `name` as decoded, normalised arrays."""
+    transform = ImageTransform(data_cfg.image_size, data_cfg.mean, data_cfg.std, train=False)
+    source = cfg.source
+    templates = _optional_file(eval_field(cfg, "templates_file"))
+    classnames = _optional_file(eval_field(cfg, "classnames_file"))
+    max_pixels = data_cfg.max_pixels
+    dataset_dir = eval_field(cfg, "dataset_dir")
+    bundled = eval_field(cfg, "dataset_name") or name
+    if source == "digits":
         shards = build_digits_shards(data_cfg.cache_dir or None, image_size=data_cfg.image_size)
-        return load_clip_benchmark_dir(shards.zeroshot_dir, name)
-    if eval_cfg.source == "clip_benchmark":
-        return load_clip_benchmark_dir(eval_cfg.dataset_dir, name)
-    raise ValueError(f"evals.{name}.source={eval_cfg.source!r}; expected one of {EVAL_SOURCES}")
+        root = shards.retrieval_dir if cfg.kind == "retrieval" else shards.zeroshot_dir
+        return load_clip_benchmark(
+            root, "digits", transform, split, templates, classnames, max_pixels=max_pixels
+        )
+    if source == "clip_benchmark":
+        keys = parse_keys(data_cfg.image_key)
+        return load_clip_benchmark(
+            dataset_dir, bundled, transform, split, templates, classnames, keys, max_pixels
+        )
+    if source == "image_folder":
+        root = Path(dataset_dir)
+        if (root / split).is_dir():  # DIR/train/<class>/..., DIR/test/<class>/...
+            root = root / split
+        return load_image_folder(
+            root, bundled, transform, templates, max_pixels, classnames=classnames
+        )
+    if source == "tfds":
+        if not eval_field(cfg, "dataset_name"):
+            raise ValueError(f"evals.{name}.source='tfds' needs evals.{name}.dataset_name")
+        limit = eval_field(cfg, "limit")
+        return load_tfds(
+            bundled,
+            dataset_dir,
+            transform,
+            split,
+            eval_field(cfg, "image_key"),
+            eval_field(cfg, "label_key"),
+            eval_field(cfg, "caption_key") or None,
+            templates,
+            classnames,
+            max_pixels,
+            limit or None,
+        )
+    raise ValueError(f"evals.{name}.source={source!r}; expected one of {EVAL_SOURCES}")
+
+
+def _optional_file(path: str) -> tuple[str, ...] | None:
+    return read_lines(Path(path)) if path else None
+
+
+def _require(data: EvalSet, kind: str, name: str, what: str, present) -> None:
+    if present is None:
+        raise ValueError(f"evals.{name} (kind {kind!r}): the set {data.name!r} has no {what}")
 
 
 @dataclass
 class ZeroShotEval:
+    kind = "zeroshot"
     name: str
     every: int
     batch_size: int
-    dataset: ZeroShotSet
-    images: np.ndarray
-    labels: np.ndarray
+    data: EvalSet
 
-    def due(self, step: int, total_steps: int) -> bool:
-        return step == total_steps or (self.every > 0 and step % self.every == 0)
+    def metrics(self, ctx: EvalContext) -> dict[str, float]:
+        classes = class_embeddings(
+            lambda tokens: ctx.texts(tokens, self.batch_size),
+            ctx.tokenizer,
+            self.data.classnames,
+            self.data.templates,
+        )
+        image = ctx.images(self.data.images, self.batch_size)
+        return classification_metrics(image, classes, self.data.labels)
 
-    def run(
-        self,
-        encode_image: Callable,
-        encode_text: Callable,
-        tokenizer: Tokenizer,
-        sharding_for: Callable,
-    ) -> dict[str, float]:
-        def text(tokens: np.ndarray) -> np.ndarray:
-            return embed_all(encode_text, tokens, self.batch_size, sharding_for)
 
-        classes = class_embeddings(text, tokenizer, self.dataset.classnames, self.dataset.templates)
-        image = embed_all(encode_image, self.images, self.batch_size, sharding_for)
-        metrics = classification_metrics(image, classes, self.labels)
-        return {f"zeroshot/{self.name}/{key}": value for key, value in metrics.items()}
+@dataclass
+class RetrievalEval:
+    kind = "retrieval"
+    name: str
+    every: int
+    batch_size: int
+    data: EvalSet
+
+    def metrics(self, ctx: EvalContext) -> dict[str, float]:
+        texts, owner = flatten_captions(self.data.captions)
+        text = ctx.texts(ctx.tokenizer(texts), self.batch_size)
+        image = ctx.images(self.data.images, self.batch_size)
+        return retrieval_metrics(image, text, owner)
+
+
+@dataclass
+class LinearProbeEval:
+    kind = "linear_probe"
+    name: str
+    every: int
+    batch_size: int
+    data: EvalSet
+    train: EvalSet
+
+    def metrics(self, ctx: EvalContext) -> dict[str, float]:
+        train = ctx.images(self.train.images, self.batch_size)
+        test = ctx.images(self.data.images, self.batch_size)
+        return linear_probe(train, self.train.labels, test, self.data.labels)
+
+
+def build_eval(name: str, cfg, data_cfg):
+    """The eval entry `name` with its data loaded."""
+    if cfg.kind not in EVAL_KINDS:
+        raise ValueError(f"evals.{name}.kind={cfg.kind!r}; expected one of {EVAL_KINDS}")
+    every, batch = eval_field(cfg, "every"), eval_field(cfg, "batch_size")
+    data = load_split(name, cfg, data_cfg, eval_field(cfg, "split"))
+    if data.skipped:
+        log.warning("evals.%s: %d unreadable samples skipped", name, data.skipped)
+    if cfg.kind == "retrieval":
+        _require(data, cfg.kind, name, "captions", data.captions)
+        return RetrievalEval(name, every, batch, data)
+    _require(data, cfg.kind, name, "labels", data.labels)
+    if cfg.kind == "zeroshot":
+        return ZeroShotEval(name, every, batch, data)
+    train = load_split(name, cfg, data_cfg, eval_field(cfg, "train_split"))
+    _require(train, cfg.kind, name, "training labels", train.labels)
+    return LinearProbeEval(name, every, batch, data, train)
+
+
+def is_due(every: int, step: int, total_steps: int) -> bool:
+    return step == total_steps or (every > 0 and step % every == 0)
+
+
+def make_encoders(spec, param_shardings) -> tuple[Callable, Callable]:
+    """Jitted `(params, x) -> embeddings` for both towers of the model in `spec`."""
+
+    def encoder(method: str) -> Callable:
+        return jax.jit(
+            lambda params, x: getattr(nnx.merge(spec.graphdef, params), method)(x),
+            in_shardings=(param_shardings, None),
+        )
+
+    return encoder("encode_image"), encoder("encode_text")
 
 
 class Evaluator:
     """Loads every configured eval set once; `run(params, step)` returns the metrics due."""
 
-    def __init__(
-        self, config, spec: ModelSpec, tokenizer: Tokenizer, sharding_for: Callable, param_shardings
-    ):
-        self.evals = [self._load(name, cfg, config.data) for name, cfg in config.evals.items()]
+    def __init__(self, config, spec, tokenizer: Tokenizer, sharding_for: Callable, param_shardings):
+        self.evals = [build_eval(name, cfg, config.data) for name, cfg in config.evals.items()]
         self.tokenizer = tokenizer
         self.sharding_for = sharding_for
         self.total_steps = config.train.steps
-
-        def encoder(method: str) -> Callable:
-            return jax.jit(
-                lambda params, x: getattr(nnx.merge(spec.graphdef, params), method)(x),
-                in_shardings=(param_shardings, None),
-            )
-
-        self._encode_image = encoder("encode_image")
-        self._encode_text = encoder("encode_text")
-
-    @staticmethod
-    def _load(name: str, cfg, data_cfg) -> ZeroShotEval:
-        if cfg.kind not in EVAL_KINDS:
-            raise ValueError(f"evals.{name}.kind={cfg.kind!r}; expected one of {EVAL_KINDS}")
-        dataset = resolve_zeroshot_set(name, cfg, data_cfg)
-        stream = SampleStream(list(dataset.shard_urls), seed=0, mode="once", shuffle_shards=False)
-        transform = ImageTransform(data_cfg.image_size, data_cfg.mean, data_cfg.std, train=False)
-        images, labels = labelled_images(
-            stream, transform, parse_keys(data_cfg.image_key), data_cfg.max_pixels, DataStats()
-        )
-        return ZeroShotEval(name, cfg.every, cfg.batch_size, dataset, images, labels)
+        self._encode_image, self._encode_text = make_encoders(spec, param_shardings)
 
     def run(self, params, step: int, force: bool = False) -> dict[str, float]:
+        ctx = EvalContext(
+            lambda x: self._encode_image(params, x),
+            lambda x: self._encode_text(params, x),
+            self.tokenizer,
+            self.sharding_for,
+        )
         metrics: dict[str, float] = {}
         for ev in self.evals:
-            if force or ev.due(step, self.total_steps):
-                metrics.update(
-                    ev.run(
-                        lambda x: self._encode_image(params, x),
-                        lambda x: self._encode_text(params, x),
-                        self.tokenizer,
-                        self.sharding_for,
-                    )
-                )
+            if force or is_due(ev.every, step, self.total_steps):
+                for key, value in ev.metrics(ctx).items():
+                    metrics[f"{ev.kind}/{ev.name}/{key}"] = value
         return metrics

@@ -174,6 +174,10 @@ class _Run:
     def loop(self, state, start: int, writer: MetricWriter, watch: PreemptionWatch):
         total = self.config.train.steps
         throughput = Throughput(total, self.config.train.batch_size, start_step=start)
+        if start == 0:  # evals with an interval also judge the initial params
+            initial = self.evaluator.run(state.params, 0)
+            if initial:
+                writer.write(0, initial)
         upcoming = self._on_device() if start < total else None
         for step in range(start + 1, total + 1):
             batch, loader_state = upcoming

@@ -1,0 +1,102 @@
+"""`clipjax eval`: the config's evals on a checkpoint or on imported weights, on all
+devices of a mesh built from the config."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where the params come from: a clipjax checkpoint, an HF directory or an
+    open_clip state dict (with what its file cannot say: activation, head counts)."""
+
+    checkpoint: str = ""
+    step: int | None = None
+    hf: str = ""
+    open_clip: str = ""
+    act: str = "gelu"
+    image_heads: int | None = None
+    text_heads: int | None = None
+
+    def describe(self) -> str:
+        return self.checkpoint or self.hf or self.open_clip
+
+
+def run_config_json(checkpoint: str) -> Path | None:
+    """The `config.json` a training run wrote beside its checkpoints, if any."""
+    path = Path(checkpoint).absolute()
+    for candidate in (path, *path.parents[:3]):
+        if (candidate / "config.json").is_file():
+            return candidate / "config.json"
+    return None
+
+
+def config_from_json(path: Path) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def imported_params(config: ml_collections.ConfigDict, source: WeightsSource) -> dict:
+    """Imports HF/open_clip weights: sets `config.model` (and the image size, OpenAI's
+    normalisation and CLIP BPE tokenizer that go with them); returns unrolled params."""
+    from clipjax.interop.hf_clip import load_hf_clip
+    from clipjax.interop.open_clip import load_open_clip
+
+    if source.hf:
+        model_cfg, params = load_hf_clip(source.hf, config.model)
+    else:
+        model_cfg, params = load_open_clip(
+            source.open_clip, config.model, source.act, source.image_heads, source.text_heads
+        )
+    with config.unlocked():
+        config.model = model_cfg
+        config.data.image_size = model_cfg.image.image_size
+        config.data.mean, config.data.std = OPENAI_MEAN, OPENAI_STD
+        config.tokenizer.kind = "clip"
+        config.tokenizer.path = ""
+        config.tokenizer.context_length = model_cfg.text.context_length
+    return params
+
+
+def evaluate(
+    config: ml_collections.ConfigDict, source: WeightsSource, imported: dict | None = None
+) -> dict[str, float]:
+    """Runs every entry of `config.evals` (forced, whatever its interval) once."""
+    from clipjax.checkpoint import load_params
+    from clipjax.data.tokenizers import build_tokenizer
+    from clipjax.evaluate.runner import Evaluator
+    from clipjax.interop.params_tree import abstract_params, fill_params
+    from clipjax.parallel import batch_sharding, build_mesh, param_shardings, rules_table
+    from clipjax.train.state import model_spec
+
+    if not config.evals:
+        raise ValueError("config.evals is empty: nothing to evaluate")
+    mesh = build_mesh(config.mesh)
+    rules = rules_table(config.sharding_rules)
+    spec = model_spec(config.model)
+    abstract = abstract_params(config.model)
+    shardings = param_shardings(spec.logical_specs, abstract, mesh, rules)
+    if imported is not None:
+        tree = fill_params(abstract, imported, source.describe())
+        params = jax.device_put(jax.tree.map(np.asarray, tree), shardings)
+    else:
+        target = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+        )
+        params = load_params(source.checkpoint, target, source.step)
+
+    def sharding_for(ndim: int):
+        return batch_sharding(mesh, rules, ndim)
+
+    tokenizer = build_tokenizer(config.tokenizer)
+    evaluator = Evaluator(config, spec, tokenizer, sharding_for, shardings)
+    return evaluator.run(params, config.train.steps, force=True)

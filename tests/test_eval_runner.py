@@ -1,0 +1,148 @@
+"""The configured evals on 8 devices equal a direct single-device computation, run
+at step 0 and the end of training, and `clipjax eval` reproduces them."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from clipjax.cli import main
+from clipjax.data.tokenizers import build_tokenizer
+from clipjax.evaluate.linear_probe import linear_probe
+from clipjax.evaluate.retrieval import flatten_captions, retrieval_metrics
+from clipjax.evaluate.runner import Evaluator
+from clipjax.evaluate.zeroshot import class_embeddings, classification_metrics
+from clipjax.parallel import batch_sharding, build_mesh, rules_table
+from clipjax.train.optim import build_optimizer
+from clipjax.train.state import plan_train_state
+
+ALL_KINDS = {
+    "digits": "zeroshot",
+    "digits_retrieval": "retrieval",
+    "digits_probe": "linear_probe",
+}
+
+
+def _with_all_kinds(config):
+    with config.unlocked():
+        for name, kind in ALL_KINDS.items():
+            config.evals[name] = dict(kind=kind, source="digits", every=0, batch_size=48)
+    return config
+
+
+def test_digits_evals_on_8_devices_equal_a_direct_computation(tiny_config):
+    config = _with_all_kinds(tiny_config)
+    mesh = build_mesh({"data": 4, "fsdp": 2, "tensor": 1})
+    rules = rules_table(config.sharding_rules)
+    tx = build_optimizer(config.optim, config.train.steps)
+    plan = plan_train_state(config.model, 0, tx, mesh, rules)
+    params = plan.init().params
+    tokenizer = build_tokenizer(config.tokenizer)
+    evaluator = Evaluator(
+        config,
+        plan.spec,
+        tokenizer,
+        lambda n: batch_sharding(mesh, rules, n),
+        plan.shardings.params,
+    )
+    got = evaluator.run(params, 0, force=True)
+
+    model = nnx.merge(plan.spec.graphdef, jax.device_get(params))  # one device, no padding
+    by_name = {ev.name: ev for ev in evaluator.evals}
+    zeroshot, retrieval, probe = (by_name[n] for n in ALL_KINDS)
+    assert len(zeroshot.data.images) == 360 and len(probe.train.images) == 1437
+    image = np.asarray(model.encode_image(zeroshot.data.images))
+    classes = class_embeddings(
+        lambda t: np.asarray(model.encode_text(t)),
+        tokenizer,
+        zeroshot.data.classnames,
+        zeroshot.data.templates,
+    )
+    want = classification_metrics(image, classes, zeroshot.data.labels)
+    texts, owner = flatten_captions(retrieval.data.captions)
+    assert len(texts) == 720  # two captions per held-out digit
+    want_r = retrieval_metrics(
+        np.asarray(model.encode_image(retrieval.data.images)),
+        np.asarray(model.encode_text(tokenizer(texts))),
+        owner,
+    )
+    want_p = linear_probe(
+        np.asarray(model.encode_image(probe.train.images)),
+        probe.train.labels,
+        image,
+        probe.data.labels,
+    )
+    tolerance = 2 / 360  # float32 sums in another order may swap a near-tie or two
+    for key, value in want.items():
+        assert got[f"zeroshot/digits/{key}"] == pytest.approx(value, abs=tolerance), key
+    for key, value in want_r.items():
+        assert got[f"retrieval/digits_retrieval/{key}"] == pytest.approx(value, abs=tolerance)
+    assert got["linear_probe/digits_probe/top1"] == pytest.approx(want_p["top1"], abs=tolerance)
+    assert got["linear_probe/digits_probe/top1"] > 0.5  # random features still separate digits
+
+
+def test_evals_run_at_step_0_and_the_end_and_eval_command_repeats_them(
+    tmp_path, digits_cache, capsys
+):
+    work = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--config",
+            "configs/default.py:tiny",
+            "--workdir",
+            str(work),
+            f"--config.data.cache_dir={digits_cache}",
+            "--config.train.steps=3",
+            "--config.train.log_every=3",
+            "--config.evals.digits.every=2",
+        ]
+    )
+    assert code == 0
+    rows = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [row["step"] for row in rows if "zeroshot/digits/top1" in row]
+    assert evaluated == [0, 2, 3]
+    final = rows[-1]["zeroshot/digits/top1"]
+    capsys.readouterr()
+
+    out_file = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(work), "--out", str(out_file)]) == 0
+    metrics = json.loads(out_file.read_text())
+    assert metrics["zeroshot/digits/top1"] == pytest.approx(final, abs=1e-9)
+    assert "zeroshot/digits/top1" in capsys.readouterr().out
+
+
+def test_eval_command_on_hf_weights(tmp_path, digits_cache, capsys):
+    """HF-layout weights written by clipjax's exporter, evaluated through `--hf`."""
+    from clipjax.config import load_config
+    from clipjax.interop.hf_clip import save_hf_clip
+    from clipjax.interop.params_tree import unrolled_params
+    from clipjax.models import build_model
+    from clipjax.models.presets import CLIP_VOCAB
+
+    model = load_config("configs/default.py:tiny").model
+    model.image.update(dict(pool="cls", ln_pre=True, patch_bias=False, act="quick_gelu"))
+    model.text.update(dict(vocab_size=CLIP_VOCAB, context_length=20, act="quick_gelu"))
+    with nnx.use_eager_sharding(False):
+        params = unrolled_params(nnx.to_pure_dict(nnx.split(build_model(model, nnx.Rngs(0)))[1]))
+    save_hf_clip(params, model, tmp_path / "hf")
+    code = main(
+        [
+            "eval",
+            "--hf",
+            str(tmp_path / "hf"),
+            "--config",
+            "configs/default.py:tiny",
+            f"--config.data.cache_dir={digits_cache}",
+            "--config.evals.digits.batch_size=40",
+        ]
+    )
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    top1 = float(out.out.split("zeroshot/digits/top1")[1].split()[0])
+    assert 0.0 <= top1 <= 1.0
+
+    assert main(["eval", "--hf", str(tmp_path / "missing")]) == 2
+    assert "config.json" in capsys.readouterr().err
