@@ -74,7 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", required=True, help="output directory")
     convert.add_argument("--step", type=int, default=None, help="default: the latest step")
     convert.add_argument(
-        "--format", choices=("safetensors", "npz", "both"), default="both", dest="fmt"
+        "--format",
+        choices=("safetensors", "npz", "both", "hf"),
+        default="both",
+        dest="fmt",
+        help="hf: an HF CLIPModel directory in OUT/hf (CLIP-architecture models only)",
     )
     shards = commands.add_parser(
         "shards", help="write webdataset shards from an image folder, a CSV/TSV or the digits"

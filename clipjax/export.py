@@ -15,6 +15,7 @@ import numpy as np
 from clipjax.checkpoint import read_params, resolve_step_dir
 
 FORMATS = ("safetensors", "npz")
+HF_FORMAT = "hf"  # an HF CLIPModel directory in out_dir/hf, for CLIP-architecture runs
 
 
 def export_params(
@@ -24,7 +25,7 @@ def export_params(
     step: int | None = None,
 ) -> list[Path]:
     """Writes `params.<format>` and `config.json` into `out_dir`; returns the files."""
-    unknown = set(formats) - set(FORMATS)
+    unknown = set(formats) - {*FORMATS, HF_FORMAT}
     if unknown or not formats:
         raise ValueError(f"formats {sorted(unknown) or formats}; expected some of {FORMATS}")
     root, step = resolve_step_dir(checkpoint, step)
@@ -46,11 +47,26 @@ def export_params(
         np.savez(out / "params.npz", **params)
         written.append(out / "params.npz")
     config = _config_beside(Path(str(root)))
+    if HF_FORMAT in formats:
+        written.append(_write_hf(params, config, out / "hf"))
     if config is not None:
         shutil.copyfile(config, out / "config.json")
         written.append(out / "config.json")
     (out / "export.json").write_text(json.dumps({**metadata, "params": len(params)}, indent=1))
     return written
+
+
+def _write_hf(params: dict[str, np.ndarray], config: Path | None, out: Path) -> Path:
+    import ml_collections
+
+    from clipjax.interop.hf_clip import save_hf_clip
+    from clipjax.interop.params_tree import unroll_layers
+
+    if config is None:
+        raise FileNotFoundError("--format hf needs the run's config.json beside checkpoints/")
+    model_cfg = ml_collections.ConfigDict(json.loads(config.read_text())["model"])
+    stacked = {n for n in params if "/blocks/" in n and not n.split("/blocks/")[1][0].isdigit()}
+    return save_hf_clip(unroll_layers(params, stacked), model_cfg, out)
 
 
 def _config_beside(root: Path) -> Path | None:

@@ -167,3 +167,38 @@ def test_missing_and_extra_weights_are_named(tmp_path):
     save_file(weights, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match=r"no 'logit_scale'"):
         load_hf_clip(tmp_path, _base(False))
+
+
+def test_convert_format_hf_writes_the_trained_params(tmp_path, digits_cache):
+    """A CLIP-architecture run (scanned layers) exported with `clipjax convert --format hf`
+    reads back through the HF importer with exactly the checkpoint's params."""
+    from clipjax.checkpoint import read_params
+    from clipjax.cli import main
+    from clipjax.interop.params_tree import unroll_layers
+
+    work = tmp_path / "run"
+    args = [
+        "train",
+        "--config",
+        "configs/default.py:tiny",
+        "--workdir",
+        str(work),
+        f"--config.data.cache_dir={digits_cache}",
+        "--config.train.steps=3",
+        "--config.model.image.pool=cls",
+        "--config.model.image.ln_pre=True",
+        "--config.model.image.patch_bias=False",
+        "--config.model.scan_layers=True",
+    ]
+    assert main(args) == 0
+    assert (
+        main(["convert", "--checkpoint", str(work), "--out", str(tmp_path / "x"), "--format", "hf"])
+        == 0
+    )
+    saved, _ = read_params(work)
+    stacked = {n for n in saved if "/blocks/" in n and not n.split("/blocks/")[1][0].isdigit()}
+    want = unroll_layers(saved, stacked)
+    _, got = load_hf_clip(tmp_path / "x" / "hf", _base(False))
+    assert sorted(got) == sorted(want)
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
