@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from clipjax.cli import main
+from clipjax.data.decode import ImageTransform
 from clipjax.data.tokenizers import build_tokenizer
 from clipjax.evaluate.linear_probe import linear_probe
 from clipjax.evaluate.retrieval import flatten_captions, retrieval_metrics
@@ -50,10 +51,15 @@ def test_digits_evals_on_8_devices_equal_a_direct_computation(tiny_config):
     got = evaluator.run(params, 0, force=True)
 
     model = nnx.merge(plan.spec.graphdef, jax.device_get(params))  # one device, no padding
+    normalize = ImageTransform(32, config.data.mean, config.data.std, train=False).normalize
+
+    def encode_image(crops):
+        return np.asarray(model.encode_image(normalize(crops)))
+
     by_name = {ev.name: ev for ev in evaluator.evals}
     zeroshot, retrieval, probe = (by_name[n] for n in ALL_KINDS)
     assert len(zeroshot.data.images) == 360 and len(probe.train.images) == 1437
-    image = np.asarray(model.encode_image(zeroshot.data.images))
+    image = encode_image(zeroshot.data.images)
     classes = class_embeddings(
         lambda t: np.asarray(model.encode_text(t)),
         tokenizer,
@@ -64,12 +70,12 @@ def test_digits_evals_on_8_devices_equal_a_direct_computation(tiny_config):
     texts, owner = flatten_captions(retrieval.data.captions)
     assert len(texts) == 720  # two captions per held-out digit
     want_r = retrieval_metrics(
-        np.asarray(model.encode_image(retrieval.data.images)),
+        encode_image(retrieval.data.images),
         np.asarray(model.encode_text(tokenizer(texts))),
         owner,
     )
     want_p = linear_probe(
-        np.asarray(model.encode_image(probe.train.images)),
+        encode_image(probe.train.images),
         probe.train.labels,
         image,
         probe.data.labels,

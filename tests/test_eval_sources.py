@@ -22,20 +22,19 @@ from clipjax.evaluate.assets import (
 from clipjax.evaluate.sources import (
     DEFAULT_TEMPLATE,
     EvalSet,
-    array_to_image,
     clip_benchmark_shards,
     load_clip_benchmark,
-    load_clip_benchmark_dir,
     load_image_folder,
-    load_tfds,
     resolve_templates,
 )
+from clipjax.evaluate.tfds_source import array_to_image, load_tfds
 
 TRANSFORM = ImageTransform(8, mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.3), train=False)
 
 
 def expected_pixels(image: Image.Image) -> np.ndarray:
-    return TRANSFORM(image.convert("RGB"), np.random.default_rng(0))
+    """The eval crop, uint8: the encoder normalises on the device."""
+    return TRANSFORM.crop(image.convert("RGB"), np.random.default_rng(0))
 
 
 def random_image(rng, height=None, width=None) -> Image.Image:
@@ -167,7 +166,7 @@ def test_clip_benchmark_classification(classification_dir):
     got = load_clip_benchmark(root, "fruit", TRANSFORM)
     assert got.kind == "classification"
     assert len(got) == 7 and got.skipped == 1
-    assert got.images.dtype == np.float32 and got.images.shape == (7, 8, 8, 3)
+    assert got.images.dtype == np.uint8 and got.images.shape == (7, 8, 8, 3)
     assert got.labels.dtype == np.int64
     assert got.labels.tolist() == [label for _, label in written]
     np.testing.assert_array_equal(got.images, np.stack([expected_pixels(im) for im, _ in written]))
@@ -180,9 +179,6 @@ def test_clip_benchmark_classification(classification_dir):
     )
     assert overridden.templates == ("x {c}",) and overridden.classnames == ("a", "b", "c", "d")
     np.testing.assert_array_equal(overridden.images, got.images)
-
-    old = load_clip_benchmark_dir(root, "fruit")  # the previous API still answers
-    assert old.classnames == got.classnames and len(old.shard_urls) == 3
 
 
 def test_clip_benchmark_missing_classnames_uses_bundled_or_fails(classification_dir):
@@ -395,7 +391,7 @@ def test_array_to_image_grayscale_and_limit():
 
 
 def test_eval_set_checks_its_fields():
-    images = np.zeros((2, 8, 8, 3), np.float32)
+    images = np.zeros((2, 8, 8, 3), np.uint8)
     with pytest.raises(ValueError, match="neither"):
         EvalSet("x", images, None, None, None, None, 0)
     with pytest.raises(ValueError, match="3 class names"):

@@ -67,6 +67,11 @@ def _losses(workdir: Path) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
 
+def _final_evals(workdir: Path) -> dict[str, float]:
+    last = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
+    return {k: v for k, v in last.items() if k.startswith("zeroshot/")}
+
+
 def _reads(log: Path) -> dict[str, set[str]]:
     reads: dict[str, set[str]] = {}
     for line in log.read_text().splitlines():
@@ -88,6 +93,12 @@ def test_two_processes_train_like_one_and_hand_over_their_checkpoint(tmp_path, d
     np.testing.assert_allclose(
         [two_losses[s] for s in range(1, 9)], [one_losses[s] for s in range(1, 9)], rtol=2e-5
     )
+    # the final zero-shot eval, fed by both processes in padded global batches (360 images,
+    # batch 256), equals the one-process eval
+    evals_two, evals_one = _final_evals(two), _final_evals(one)
+    assert sorted(evals_two) == sorted(evals_one) and "zeroshot/digits/top1" in evals_two
+    for key, value in evals_one.items():
+        assert evals_two[key] == pytest.approx(value, abs=2 / 360), key
     reads = _reads(two_log)
     assert sorted(reads) == ["0", "1"]
     assert reads["0"] and reads["1"] and not reads["0"] & reads["1"]

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 import jax
 import numpy as np
 
-from clipjax.data.decode import BadSample, ImageTransform, read_image, read_label
+from clipjax.data.decode import BadSample, ImageTransform
 from clipjax.data.mixing import MixedStream
 from clipjax.data.pipeline import OrderedDecoder, PairDecoder
 from clipjax.data.shards import DataStats, SampleStream
@@ -103,28 +103,6 @@ def decoded(samples: Iterable[dict], decode: Callable, stats: DataStats) -> Iter
         except BadSample as exc:
             stats.count("skipped_samples")
             log.warning("skipping sample in %s: %s", sample.get("__url__"), exc)
-
-
-def labelled_images(
-    samples: Iterable[dict],
-    transform: ImageTransform,
-    image_keys: tuple[str, ...],
-    max_pixels: int,
-    stats: DataStats,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Every (image, .cls label) pair of a finite sample stream, in order."""
-    rng = np.random.default_rng(0)
-    images, labels = [], []
-
-    def decode(sample: dict):
-        return read_image(sample, image_keys, max_pixels), read_label(sample)
-
-    for image, label in decoded(samples, decode, stats):
-        images.append(transform(image, rng))
-        labels.append(label)
-    if not images:
-        raise RuntimeError("the evaluation set yielded no readable (image, label) sample")
-    return np.stack(images), np.asarray(labels, np.int64)
 
 
 class Prefetch:

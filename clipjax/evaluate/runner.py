@@ -28,8 +28,10 @@ from clipjax.evaluate.assets import read_lines
 from clipjax.evaluate.features import embed_all
 from clipjax.evaluate.linear_probe import linear_probe
 from clipjax.evaluate.retrieval import flatten_captions, retrieval_metrics
-from clipjax.evaluate.sources import EvalSet, load_clip_benchmark, load_image_folder, load_tfds
+from clipjax.evaluate.sources import EvalSet, load_clip_benchmark, load_image_folder
+from clipjax.evaluate.tfds_source import load_tfds
 from clipjax.evaluate.zeroshot import class_embeddings, classification_metrics
+from clipjax.train.step import pixel_normalizer
 
 log = logging.getLogger(__name__)
 
@@ -200,16 +202,20 @@ def is_due(every: int, step: int, total_steps: int) -> bool:
     return step == total_steps or (every > 0 and step % every == 0)
 
 
-def make_encoders(spec, param_shardings) -> tuple[Callable, Callable]:
-    """Jitted `(params, x) -> embeddings` for both towers of the model in `spec`."""
+def make_encoders(spec, param_shardings, data_cfg) -> tuple[Callable, Callable]:
+    """Jitted `(params, x) -> embeddings` for both towers of the model in `spec`; the
+    image encoder normalises uint8 crops with the data config's mean and std."""
+    normalize = pixel_normalizer(data_cfg.mean, data_cfg.std)
 
-    def encoder(method: str) -> Callable:
-        return jax.jit(
-            lambda params, x: getattr(nnx.merge(spec.graphdef, params), method)(x),
-            in_shardings=(param_shardings, None),
-        )
+    def encode_image(params, images):
+        return nnx.merge(spec.graphdef, params).encode_image(normalize(images))
 
-    return encoder("encode_image"), encoder("encode_text")
+    def encode_text(params, tokens):
+        return nnx.merge(spec.graphdef, params).encode_text(tokens)
+
+    return tuple(
+        jax.jit(fn, in_shardings=(param_shardings, None)) for fn in (encode_image, encode_text)
+    )
 
 
 class Evaluator:
@@ -220,7 +226,7 @@ class Evaluator:
         self.tokenizer = tokenizer
         self.sharding_for = sharding_for
         self.total_steps = config.train.steps
-        self._encode_image, self._encode_text = make_encoders(spec, param_shardings)
+        self._encode_image, self._encode_text = make_encoders(spec, param_shardings, config.data)
 
     def run(self, params, step: int, force: bool = False) -> dict[str, float]:
         ctx = EvalContext(

@@ -1,6 +1,6 @@
 """Evaluation sets from disk, as one `EvalSet` type whatever the source.
 
-Three sources:
+Three sources (TFDS in `tfds_source.py`):
 
 - `load_clip_benchmark`: CLIP_benchmark's webdataset layout (what
   `clip_benchmark_export_wds` writes and the `djghosh/wds_*` sets on the HF hub
@@ -18,7 +18,8 @@ Three sources:
   random access through `tfds` data sources (no TensorFlow needed).
 
 Images are decoded with `clipjax.data.decode` (allow-listed formats, a pixel
-limit), cropped by the eval `ImageTransform` and normalised to float32.
+limit) and cropped by the eval `ImageTransform`; they stay uint8 (a quarter of
+the host memory of floats) and the jitted encoder normalises them on the device.
 Unreadable samples are skipped, logged and counted in `EvalSet.skipped`; a set
 with no readable sample, or a shard that cannot be read at all, is an error
 (an evaluation silently run on part of its set would report a wrong number).
@@ -34,13 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from clipjax.data.decode import (
     IMAGE_EXTENSIONS,
     BadSample,
     ImageTransform,
-    load_image,
     read_image,
     read_label,
 )
@@ -80,7 +79,7 @@ class EvalSet:
     `templates`) or retrieval (`captions`, one tuple of >= 1 captions per image)."""
 
     name: str
-    images: np.ndarray  # float32 [N, H, W, 3], transformed and normalised
+    images: np.ndarray  # uint8 [N, H, W, 3] eval crops, normalised by the encoder
     labels: np.ndarray | None  # int64 [N] for classification sets
     classnames: tuple[str, ...] | None
     templates: tuple[str, ...] | None
@@ -195,10 +194,8 @@ def read_captions(sample: dict, key: str = "txt") -> tuple[str, ...]:
     return captions
 
 
-def _collect(
-    items: Iterable, decoder, workers: int, transform: ImageTransform, where: str
-) -> tuple[np.ndarray, list, int]:
-    """Decodes every item in order: (float32 images, targets, number skipped)."""
+def collect(items: Iterable, decoder, workers: int, where: str) -> tuple[np.ndarray, list, int]:
+    """Decodes every item in order: (uint8 crops, targets, number skipped)."""
     crops, targets, skipped = [], [], 0
     for _, result in OrderedDecoder(decoder, workers)(enumerate(items)):
         if isinstance(result, str):
@@ -211,13 +208,10 @@ def _collect(
         raise ValueError(f"{where}: no readable sample ({skipped} unreadable skipped)")
     if skipped:
         log.warning("%s: %d unreadable sample(s) skipped, %d kept", where, skipped, len(crops))
-    images = np.empty((len(crops), *crops[0].shape), np.float32)
-    for start in range(0, len(crops), 256):
-        images[start : start + 256] = transform.normalize(np.stack(crops[start : start + 256]))
-    return images, targets, skipped
+    return np.stack(crops), targets, skipped
 
 
-def _classification(
+def classification_set(
     name: str,
     images: np.ndarray,
     labels: list,
@@ -318,7 +312,7 @@ def load_clip_benchmark(
     decoder = _SampleDecoder(
         transform, tuple(image_keys), max_pixels, "cls" if kind == "classification" else "txt"
     )
-    images, targets, skipped = _collect(stream, decoder, workers, transform, where)
+    images, targets, skipped = collect(stream, decoder, workers, where)
     if stats.failed_shards:
         raise RuntimeError(
             f"{where}: {stats.failed_shards} shard(s) could not be read (see the log); "
@@ -326,7 +320,7 @@ def load_clip_benchmark(
         )
     if kind == "retrieval":
         return EvalSet(name, images, None, None, None, tuple(targets), skipped)
-    return _classification(name, images, targets, names, chosen, skipped)
+    return classification_set(name, images, targets, names, chosen, skipped)
 
 
 # -- image folders --------------------------------------------------------------
@@ -390,213 +384,5 @@ def load_image_folder(
     chosen = resolve_templates(name, templates, _optional_lines(root / TEMPLATES_FILE))
     decoder = _SampleDecoder(transform, IMAGE_EXTENSIONS, max_pixels, "cls")
     where = f"{name} ({root})"
-    images, labels, skipped = _collect(
-        _folder_samples(root, class_dirs), decoder, workers, transform, where
-    )
-    return _classification(name, images, labels, names, chosen, skipped)
-
-
-# -- TFDS (array_record, random access, no TensorFlow) -------------------------
-
-
-def _field(example: dict, key: str) -> Any:
-    value = example
-    for part in key.split("/"):
-        if not isinstance(value, dict) or part not in value:
-            raise BadSample(f"example has no field {key!r}")
-        value = value[part]
-    return value
-
-
-def array_to_image(value: Any, max_pixels: int) -> Image.Image:
-    """A TFDS image (decoded uint8 [H,W,C] with C in 1,3,4, or encoded bytes) -> RGB PIL."""
-    if isinstance(value, bytes | np.bytes_):
-        return load_image(bytes(value), max_pixels)
-    array = np.asarray(value)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if (
-        array.dtype != np.uint8
-        or array.ndim not in (2, 3)
-        or (array.ndim == 3 and array.shape[-1] not in (3, 4))
-    ):
-        raise BadSample(f"image of shape {array.shape} and dtype {array.dtype}; expected uint8 HWC")
-    height, width = array.shape[:2]
-    if height * width > max_pixels:
-        raise BadSample(f"image of {width}x{height} pixels exceeds max_pixels={max_pixels}")
-    return Image.fromarray(array).convert("RGB")
-
-
-def _texts(value: Any) -> tuple[str, ...]:
-    if isinstance(value, bytes | np.bytes_ | str):
-        value = [value]
-    out = []
-    for item in np.asarray(value, dtype=object).reshape(-1):
-        text = item.decode("utf-8") if isinstance(item, bytes | np.bytes_) else str(item)
-        if text.strip():
-            out.append(text.strip())
-    if not out:
-        raise BadSample("example has no caption")
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class _ExampleDecoder:
-    """TFDS example (dict of numpy) -> (uint8 crop, label or captions)."""
-
-    transform: ImageTransform
-    image_key: str
-    target_key: str
-    captions: bool
-    max_pixels: int
-
-    def members(self) -> set[str]:
-        return {self.image_key.split("/")[0], self.target_key.split("/")[0], "__error__"}
-
-    def __call__(self, index: int, example: dict) -> tuple[np.ndarray, Any]:
-        if "__error__" in example:
-            raise BadSample(example["__error__"])
-        value = _field(example, self.target_key)
-        target = _texts(value) if self.captions else int(np.asarray(value).reshape(()))
-        image = array_to_image(_field(example, self.image_key), self.max_pixels)
-        return self.transform.crop(image, np.random.default_rng((0, index))), target
-
-
-def _examples(source, count: int, chunk: int = 64) -> Iterable[dict]:
-    """Examples 0..count-1; an example that fails to decode becomes `{"__error__": ...}`."""
-    batched = hasattr(source, "__getitems__")
-    for start in range(0, count, chunk):
-        indices = list(range(start, min(start + chunk, count)))
-        try:
-            examples = source.__getitems__(indices) if batched else [source[i] for i in indices]
-        except Exception:  # fall back to one by one to find the bad example(s)
-            examples = None
-        if examples is not None:
-            yield from examples
-            continue
-        for i in indices:
-            try:
-                yield source[i]
-            except Exception as exc:  # tfds raises what its decoders raise
-                yield {"__error__": f"example {i}: {type(exc).__name__}: {exc}"}
-
-
-def tfds_builder(name: str, data_dir: str | Path):
-    """The prepared TFDS builder: `data_dir` is the dataset's version folder (with
-    `dataset_info.json`), or a data_dir holding `name[/config]/version/`."""
-    import tensorflow_datasets as tfds
-    from tensorflow_datasets.core import read_only_builder
-
-    root = Path(data_dir)
-    layout = (
-        "expected a TFDS dataset prepared in array_record format: "
-        f"{root}/{name.split(':')[0]}/<version>/dataset_info.json, or that version folder"
-    )
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a directory; {layout}")
-    if (root / "dataset_info.json").is_file():
-        return tfds.builder_from_directory(root)
-    try:
-        return read_only_builder.builder_from_files(name, data_dir=str(root))
-    except Exception as exc:  # tfds raises DatasetNotFoundError and friends
-        raise FileNotFoundError(f"no prepared dataset {name!r} under {root}; {layout}") from exc
-
-
-WORDNET_ID = re.compile(r"^n\d{8}$")
-
-
-def load_tfds(
-    name: str,
-    data_dir: str | Path,
-    transform: ImageTransform,
-    split: str = "test",
-    image_key: str = "image",
-    label_key: str = "label",
-    caption_key: str | None = None,
-    templates: Sequence[str] | None = None,
-    classnames: Sequence[str] | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    limit: int | None = None,
-) -> EvalSet:
-    """A prepared TFDS dataset (array_record) by random access, examples in index order.
-
-    Classification unless `caption_key` is given (a Text or a Sequence of Text; a
-    `/` walks nested features, e.g. `captions/text`). Class names: `classnames=` >
-    the bundled set for `name` (e.g. `imagenet2012`, whose label names are WordNet
-    ids) when its size matches > the ClassLabel names with `_` as spaces.
-    Templates by `resolve_templates`. `limit` keeps the first `limit` examples.
-    """
-    builder = tfds_builder(name, data_dir)
-    if split not in builder.info.splits:
-        raise FileNotFoundError(
-            f"{builder.data_dir} has splits {sorted(builder.info.splits)}; no {split!r}"
-        )
-    try:
-        source = builder.as_data_source(split=split)
-    except Exception as exc:
-        raise ValueError(
-            f"{builder.data_dir}: cannot open {split!r} for random access ({exc}); prepare it "
-            "with file_format='array_record' (or convert it: `tfds convert_format`)"
-        ) from exc
-    count = len(source) if limit is None else min(limit, len(source))
-    where = f"{name} ({builder.data_dir}:{split})"
-    captions = caption_key is not None
-    decoder = _ExampleDecoder(
-        transform, image_key, caption_key if captions else label_key, captions, max_pixels
-    )
-    if not captions:
-        names = _tfds_classnames(name, builder.info.features, label_key, classnames)
-        chosen = resolve_templates(name, templates, None)
-    images, targets, skipped = _collect(_examples(source, count), decoder, 0, transform, where)
-    if captions:
-        return EvalSet(name, images, None, None, None, tuple(targets), skipped)
-    return _classification(name, images, targets, names, chosen, skipped)
-
-
-def _tfds_classnames(
-    name: str, features, label_key: str, explicit: Sequence[str] | None
-) -> tuple[str, ...]:
-    if explicit is not None:
-        return tuple(explicit)
-    feature = features
-    for part in label_key.split("/"):
-        feature = feature[part]
-    label_names = getattr(feature, "names", None)
-    if bundled_name(name) is not None:
-        bundled = bundled_classnames(name)
-        if label_names is None or len(bundled) == len(label_names):
-            return bundled
-        log.warning(
-            "%s: %d bundled class names but %d labels; using the dataset's label names",
-            name,
-            len(bundled),
-            len(label_names),
-        )
-    if not label_names:
-        raise ValueError(f"{name}: feature {label_key!r} is not a ClassLabel; pass classnames=")
-    if all(WORDNET_ID.match(n) for n in label_names):
-        raise ValueError(
-            f"{name}: label names are WordNet ids ({label_names[0]}, ...); pass classnames="
-        )
-    return tuple(n.replace("_", " ") for n in label_names)
-
-
-# -- kept for clipjax/evaluate/runner.py until it moves to load_clip_benchmark --
-
-
-@dataclass(frozen=True)
-class ZeroShotSet:
-    name: str
-    classnames: tuple[str, ...]
-    templates: tuple[str, ...]
-    shard_urls: tuple[str, ...]
-
-
-def load_clip_benchmark_dir(directory: str | Path, name: str, split: str = "test") -> ZeroShotSet:
-    """Names, templates and shard list only (no decoding); `load_clip_benchmark`
-    is the full loader."""
-    root = Path(directory)
-    shards = tuple(clip_benchmark_shards(root, split))
-    names = read_lines(root / CLASSNAMES_FILE)
-    templates = check_templates(read_lines(root / TEMPLATES_FILE), str(root))
-    return ZeroShotSet(name, names, templates, shards)
+    images, labels, skipped = collect(_folder_samples(root, class_dirs), decoder, workers, where)
+    return classification_set(name, images, labels, names, chosen, skipped)
