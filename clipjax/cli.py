@@ -107,8 +107,9 @@ def _eval_parser(commands) -> None:
     ev.add_argument(
         "--config",
         default=None,
-        help="config file[:variant] whose `evals` run (default: the run's config.json beside "
-        "--checkpoint, else the embedded default)",
+        help="with --checkpoint: a config file[:variant] whose `evals` replace the run's (the "
+        "rest comes from the run's config.json); with --hf/--open-clip: the whole base config "
+        "(default: the embedded one), its model replaced by the imported one",
     )
     weights = ev.add_mutually_exclusive_group(required=True)
     weights.add_argument("--checkpoint", help="a clipjax workdir, its checkpoints/ or one step")
@@ -143,15 +144,16 @@ def _eval(args, overrides: list[str]) -> int:
         text_heads=args.text_heads,
     )
     try:
-        saved = sa.run_config_json(args.checkpoint) if args.checkpoint else None
-        if args.config is None and saved is not None:
-            config = sa.config_from_json(saved)
+        sa.check_flags(args)
+        if args.checkpoint:
+            config, imported = sa.checkpoint_config(args.checkpoint, args.config), None
         else:
             config = load_config(args.config)
-        imported = None if args.checkpoint else sa.imported_params(config, source)
+            imported = sa.imported_params(config, source)
         apply_overrides(config, overrides)
+        sa.check_config(config, imported is not None)
         metrics = sa.evaluate(config, source, imported)
-    except (ConfigError, FileNotFoundError, ValueError, ImportError) as exc:
+    except (ConfigError, OSError, ValueError, RuntimeError, ImportError) as exc:
         print(f"clipjax: {exc}", file=sys.stderr)
         return 2
     for key, value in sorted(metrics.items()):

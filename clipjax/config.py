@@ -17,6 +17,8 @@ from typing import Any
 
 import ml_collections
 
+from clipjax.evaluate.fields import complete_evals
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.py"
 
 
@@ -40,6 +42,7 @@ def load_config(spec: str | None = None) -> ml_collections.ConfigDict:
         raise ConfigError(
             f"get_config in {str(path)!r} returned {type(config).__name__}, expected ConfigDict"
         )
+    complete_evals(config)
     config.lock()
     return config
 

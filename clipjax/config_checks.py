@@ -11,7 +11,7 @@ from clipjax.data.decode import parse_keys
 from clipjax.data.loader import stream_range, train_sources
 from clipjax.data.shards import check_openers
 from clipjax.data.tokenizers import build_tokenizer
-from clipjax.evaluate.runner import EVAL_DEFAULTS, EVAL_KINDS, EVAL_SOURCES, eval_field
+from clipjax.evaluate.fields import EVAL_DEFAULTS, EVAL_KINDS, EVAL_SOURCES, eval_field
 from clipjax.losses.contrastive import LossSpec
 from clipjax.models import MODELS
 from clipjax.models.layers import ACTIVATIONS, REMAT_POLICIES, dtype_of
@@ -56,7 +56,6 @@ FIELD_TYPES = {
     "model.text.vocab_size": int,
     "model.text.context_length": int,
     "model.text.pad_id": int,
-    "model.text.eos_id": int,
     "tokenizer.path": str,
     "tokenizer.context_length": int,
 }
@@ -97,20 +96,24 @@ def _positive(problems: list[str], field: str, value) -> None:
         problems.append(f"{field}={value!r} must be positive")
 
 
-def _mesh_and_batch(c, num_devices: int, num_processes: int, problems: list[str]) -> None:
-    sizes = _attempt(problems, resolve_mesh_shape, c.mesh, num_devices)
-    rules = _attempt(problems, rules_table, c.sharding_rules)
-    if sizes is None or rules is None:
-        return
-    batch_axes = rules.get("batch")
-    names = axis_tuple(batch_axes)
-    data_parallel = math.prod(sizes[a] for a in names)
-    batches = [("train.batch_size", c.train.batch_size)]
-    batches += [
+def _eval_batches(c) -> list[tuple[str, int]]:
+    return [
         (f"evals.{n}.batch_size", eval_field(e, "batch_size"))
         for n, e in c.evals.items()
         if isinstance(e, ml_collections.ConfigDict)
     ]
+
+
+def _batches_divide(
+    c, batches, num_devices: int, num_processes: int, problems: list[str]
+) -> int | None:
+    """Checks each (field, size) splits over the mesh's batch axes; returns that size."""
+    sizes = _attempt(problems, resolve_mesh_shape, c.mesh, num_devices)
+    rules = _attempt(problems, rules_table, c.sharding_rules)
+    if sizes is None or rules is None:
+        return None
+    names = axis_tuple(rules.get("batch"))
+    data_parallel = math.prod(sizes[a] for a in names)
     for field, size in batches:
         if size % data_parallel:
             problems.append(
@@ -119,6 +122,14 @@ def _mesh_and_batch(c, num_devices: int, num_processes: int, problems: list[str]
             )
         elif size % num_processes:
             problems.append(f"{field}={size} is not divisible by {num_processes} processes")
+    return data_parallel
+
+
+def _mesh_and_batch(c, num_devices: int, num_processes: int, problems: list[str]) -> None:
+    batches = [("train.batch_size", c.train.batch_size), *_eval_batches(c)]
+    data_parallel = _batches_divide(c, batches, num_devices, num_processes, problems)
+    if data_parallel is None:
+        return
     _streams(c, num_processes, problems)
     local = c.train.batch_size // data_parallel
     if c.train.accum_steps >= 1 and local % c.train.accum_steps:
@@ -302,4 +313,14 @@ def config_problems(
     for check in (_model, _text, _data, _optim_and_train, _checkpoint, _evals):
         check(c, problems)
     _mesh_and_batch(c, num_devices, num_processes, problems)
+    return problems
+
+
+def eval_config_problems(c: ml_collections.ConfigDict, num_devices: int) -> list[str]:
+    """What `clipjax eval` needs of a config: valid evals whose batches fit the mesh."""
+    problems: list[str] = []
+    if not c.get("evals"):
+        return ["config.evals is empty: nothing to evaluate"]
+    _evals(c, problems)
+    _batches_divide(c, _eval_batches(c), num_devices, 1, problems)
     return problems

@@ -27,7 +27,9 @@ def export_params(
     """Writes `params.<format>` and `config.json` into `out_dir`; returns the files."""
     unknown = set(formats) - {*FORMATS, HF_FORMAT}
     if unknown or not formats:
-        raise ValueError(f"formats {sorted(unknown) or formats}; expected some of {FORMATS}")
+        raise ValueError(
+            f"formats {sorted(unknown) or formats}; expected some of {(*FORMATS, HF_FORMAT)}"
+        )
     root, step = resolve_step_dir(checkpoint, step)
     params, step = read_params(root, step)
     out = Path(out_dir)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import jax
 
+from clipjax.models.layers import mlp_width as hidden_width
+
 
 def block_flops(tokens: int, width: int, mlp_width: int) -> int:
     dense = 2 * tokens * (4 * width * width + 2 * width * mlp_width)
@@ -34,14 +36,14 @@ def block_flops(tokens: int, width: int, mlp_width: int) -> int:
 def image_tower_flops(image, embed_dim: int) -> int:
     patches = (image.image_size // image.patch_size) ** 2
     tokens = patches + (image.pool == "cls")
-    mlp = round(image.width * image.mlp_ratio)
+    mlp = hidden_width(image.width, image.mlp_ratio)
     patch_embed = 2 * patches * image.patch_size**2 * 3 * image.width
     blocks = image.depth * block_flops(tokens, image.width, mlp)
     return patch_embed + blocks + 2 * image.width * embed_dim
 
 
 def text_tower_flops(text, embed_dim: int) -> int:
-    mlp = round(text.width * text.mlp_ratio)
+    mlp = hidden_width(text.width, text.mlp_ratio)
     blocks = text.depth * block_flops(text.context_length, text.width, mlp)
     return blocks + 2 * text.width * embed_dim
 

@@ -119,6 +119,35 @@ def test_evals_run_at_step_0_and_the_end_and_eval_command_repeats_them(
     assert metrics["zeroshot/digits/top1"] == pytest.approx(final, abs=1e-9)
     assert "zeroshot/digits/top1" in capsys.readouterr().out
 
+    # --config brings only its evals (here the default's three); the model is the run's,
+    # and an optional eval field is overridable from the command line
+    code = main(
+        [
+            "eval",
+            "--checkpoint",
+            str(work / "checkpoints"),
+            "--config",
+            "configs/default.py",
+            f"--config.data.cache_dir={digits_cache}",
+            "--config.evals.digits_probe.batch_size=64",
+            "--config.evals.digits.templates_file=" + str(_templates(tmp_path)),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "linear_probe/digits_probe/top1" in out and "retrieval/digits_retrieval" in out
+
+    assert main(["eval", "--checkpoint", str(work), "--act", "quick_gelu"]) == 2
+    assert "--act apply to --open-clip only" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tmp_path / "nowhere")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
+def _templates(tmp_path):
+    path = tmp_path / "templates.txt"
+    path.write_text("a drawing of {c}.\n")
+    return path
+
 
 def test_eval_command_on_hf_weights(tmp_path, digits_cache, capsys):
     """HF-layout weights written by clipjax's exporter, evaluated through `--hf`."""

@@ -406,3 +406,37 @@ def test_clip_benchmark_workers_give_the_same_set(classification_dir):
     pooled = load_clip_benchmark(root, "fruit", TRANSFORM, workers=2)
     np.testing.assert_array_equal(pooled.images, inline.images)
     assert pooled.labels.tolist() == inline.labels.tolist() and pooled.skipped == 1
+
+
+def test_image_folder_of_wordnet_ids_takes_bundled_names(tmp_path):
+    rng = np.random.default_rng(5)
+    for synset in ("n01440764", "n01443537"):
+        (tmp_path / synset).mkdir()
+        random_image(rng).save(tmp_path / synset / "a.png")
+    with pytest.raises(ValueError, match="WordNet ids"):
+        load_image_folder(tmp_path, "imagenet1k", TRANSFORM)  # 2 folders, 1000 names
+    (tmp_path / "classnames.txt").write_text("tench\ngoldfish\n")
+    assert load_image_folder(tmp_path, "x", TRANSFORM).classnames == ("tench", "goldfish")
+
+
+def test_image_folder_splits_for_evals(image_folder, tmp_path):
+    """The runner reads DIR/<split>; a probe refuses a folder without splits, and a
+    split that is not there is named."""
+    from ml_collections import ConfigDict
+
+    from clipjax.config import load_config
+    from clipjax.evaluate.runner import build_eval
+
+    root, _ = image_folder
+    data = load_config("configs/default.py").data
+    data.image_size = 8
+    probe = ConfigDict(dict(kind="linear_probe", source="image_folder", dataset_dir=str(root)))
+    with pytest.raises(FileNotFoundError, match=r"linear probe needs .*train"):
+        build_eval("pets", probe, data)
+    split_root = tmp_path / "split"
+    (split_root / "train").mkdir(parents=True)
+    (root).rename(split_root / "test")
+    with pytest.raises(FileNotFoundError, match=r"has splits \['train', 'test'\], not 'val'"):
+        build_eval(
+            "pets", ConfigDict({**probe, "dataset_dir": str(split_root), "split": "val"}), data
+        )

@@ -89,3 +89,14 @@ def test_torch_bin_files_load_with_weights_only(tmp_path):
     torch.save({"x": argparse.Namespace(a=1)}, tmp_path / "pickle.pt")
     with pytest.raises(ValueError, match=r"weights_only=True"):
         read_state_dict(tmp_path / "pickle.pt")
+
+
+def test_bfloat16_safetensors_are_read_as_float32(tmp_path):
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    values = np.array([1.0, -2.5, 3.0], np.float32)
+    save_file({"w": values.astype(ml_dtypes.bfloat16)}, str(tmp_path / "bf16.safetensors"))
+    got = read_state_dict(tmp_path / "bf16.safetensors")["w"]
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, values)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Iterable
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -27,6 +28,9 @@ ALIASES = {
 }
 
 PLACEHOLDER = "{c}"
+
+
+WORDNET_ID = re.compile(r"^n\d{8}$")  # ImageNet's synset folder and label names
 
 
 def bundled_name(name: str) -> str | None:

@@ -9,8 +9,6 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from clipjax.data.loader import to_global
-
 
 def embed_all(
     encode: Callable[[jax.Array], jax.Array],
@@ -20,19 +18,22 @@ def embed_all(
 ) -> np.ndarray:
     """Applies `encode` to `data` (identical on every process) in global batches.
 
-    The last batch is padded by repeating the final example; padded rows are
-    cut from the result. Each process feeds its own slice of every batch.
+    Each device is handed the rows its shard of the batch covers, wherever the mesh
+    puts it (device order need not follow process order; axes that replicate the
+    batch get the same rows). The last batch is padded by repeating the final
+    example, and the padded rows are cut from the result.
     """
     count = len(data)
-    processes, index = jax.process_count(), jax.process_index()
-    if global_batch % processes:
-        raise ValueError(f"eval batch {global_batch} does not divide over {processes} processes")
-    local = global_batch // processes
-    padded = -(-count // global_batch) * global_batch
-    data = np.concatenate([data, np.repeat(data[-1:], padded - count, axis=0)])
+    sharding = sharding_for(data.ndim)
     outputs = []
-    for start in range(0, padded, global_batch):
-        chunk = data[start + index * local : start + (index + 1) * local]
-        out = encode(to_global({"x": chunk}, sharding_for)["x"])
+    for start in range(0, count, global_batch):
+        batch = data[start : start + global_batch]
+        if len(batch) < global_batch:
+            pad = np.repeat(batch[-1:], global_batch - len(batch), axis=0)
+            batch = np.concatenate([batch, pad])
+        array = jax.make_array_from_callback(
+            batch.shape, sharding, lambda index, rows=batch: rows[index]
+        )
+        out = encode(array)
         outputs.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))
     return np.concatenate(outputs)[:count]

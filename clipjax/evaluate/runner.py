@@ -26,36 +26,21 @@ from clipjax.data.tokenizers import Tokenizer
 from clipjax.data.writer import build_digits_shards
 from clipjax.evaluate.assets import read_lines
 from clipjax.evaluate.features import embed_all
+from clipjax.evaluate.fields import EVAL_KINDS, EVAL_SOURCES, eval_field
 from clipjax.evaluate.linear_probe import linear_probe
 from clipjax.evaluate.retrieval import flatten_captions, retrieval_metrics
-from clipjax.evaluate.sources import EvalSet, load_clip_benchmark, load_image_folder
+from clipjax.evaluate.sources import (
+    CLASSNAMES_FILE,
+    TEMPLATES_FILE,
+    EvalSet,
+    load_clip_benchmark,
+    load_image_folder,
+)
 from clipjax.evaluate.tfds_source import load_tfds
 from clipjax.evaluate.zeroshot import class_embeddings, classification_metrics
 from clipjax.train.step import pixel_normalizer
 
 log = logging.getLogger(__name__)
-
-EVAL_KINDS = ("zeroshot", "retrieval", "linear_probe")
-EVAL_SOURCES = ("digits", "clip_benchmark", "image_folder", "tfds")
-# Optional fields of an eval entry and their defaults.
-EVAL_DEFAULTS = dict(
-    dataset_dir="",  # clip_benchmark dir | image folder | tfds data_dir
-    dataset_name="",  # tfds name; also picks bundled class names/templates (cifar10, ...)
-    split="test",
-    train_split="train",  # linear_probe: features to fit on
-    templates_file="",  # one template per line with {c}; "" = the set's own or bundled
-    classnames_file="",
-    image_key="image",  # tfds features
-    label_key="label",
-    caption_key="",  # tfds retrieval sets
-    limit=0,  # tfds: first N examples only; 0 = all
-    every=0,
-    batch_size=256,
-)
-
-
-def eval_field(cfg, field: str):
-    return cfg.get(field, EVAL_DEFAULTS[field])
 
 
 @dataclass
@@ -95,9 +80,10 @@ def load_split(name: str, cfg, data_cfg, split: str) -> EvalSet:
             dataset_dir, bundled, transform, split, templates, classnames, keys, max_pixels
         )
     if source == "image_folder":
-        root = Path(dataset_dir)
-        if (root / split).is_dir():  # DIR/train/<class>/..., DIR/test/<class>/...
-            root = root / split
+        root = _image_folder_split(name, cfg, Path(dataset_dir), split)
+        if root != Path(dataset_dir):  # the set's own files sit above its split folders
+            classnames = classnames or _set_file(Path(dataset_dir) / CLASSNAMES_FILE)
+            templates = templates or _set_file(Path(dataset_dir) / TEMPLATES_FILE)
         return load_image_folder(
             root, bundled, transform, templates, max_pixels, classnames=classnames
         )
@@ -119,6 +105,28 @@ def load_split(name: str, cfg, data_cfg, split: str) -> EvalSet:
             limit or None,
         )
     raise ValueError(f"evals.{name}.source={source!r}; expected one of {EVAL_SOURCES}")
+
+
+SPLIT_FOLDERS = ("train", "val", "validation", "test")
+
+
+def _image_folder_split(name: str, cfg, root: Path, split: str) -> Path:
+    """`DIR/<split>` when DIR has split folders (a probe needs them), else DIR."""
+    found = [s for s in SPLIT_FOLDERS if (root / s).is_dir()]
+    if found or (root / split).is_dir():
+        if not (root / split).is_dir():
+            raise FileNotFoundError(f"evals.{name}: {root} has splits {found}, not {split!r}")
+        return root / split
+    if cfg.kind == "linear_probe":
+        raise FileNotFoundError(
+            f"evals.{name}: a linear probe needs {root}/{eval_field(cfg, 'train_split')} and "
+            f"{root}/{split} (a subfolder per class in each); {root} has no split folders"
+        )
+    return root
+
+
+def _set_file(path: Path) -> tuple[str, ...] | None:
+    return read_lines(path) if path.is_file() else None
 
 
 def _optional_file(path: str) -> tuple[str, ...] | None:
@@ -195,6 +203,11 @@ def build_eval(name: str, cfg, data_cfg):
         return ZeroShotEval(name, every, batch, data)
     train = load_split(name, cfg, data_cfg, eval_field(cfg, "train_split"))
     _require(train, cfg.kind, name, "training labels", train.labels)
+    if train.classnames != data.classnames:
+        raise ValueError(
+            f"evals.{name}: the {eval_field(cfg, 'train_split')!r} and "
+            f"{eval_field(cfg, 'split')!r} splits have different classes"
+        )
     return LinearProbeEval(name, every, batch, data, train)
 
 

@@ -46,6 +46,7 @@ from clipjax.data.decode import (
 from clipjax.data.pipeline import OrderedDecoder
 from clipjax.data.shards import DataStats, SampleStream, read_shard
 from clipjax.evaluate.assets import (
+    WORDNET_ID,
     bundled_classnames,
     bundled_name,
     bundled_templates,
@@ -352,6 +353,20 @@ def _folder_samples(root: Path, class_dirs: list[Path]) -> Iterable[dict]:
             yield sample
 
 
+def _folder_classnames(name: str, class_dirs: list[Path], root: Path) -> tuple[str, ...]:
+    """Folder names with `_` as spaces; ImageNet's WordNet-id folders (n01440764, ...)
+    take the bundled names of `name` when their count matches."""
+    folders = [p.name for p in class_dirs]
+    if not all(WORDNET_ID.match(f) for f in folders):
+        return tuple(f.replace("_", " ") for f in folders)
+    if bundled_name(name) is not None and len(bundled_classnames(name)) == len(folders):
+        return bundled_classnames(name)
+    raise ValueError(
+        f"{root}: class folders are WordNet ids ({folders[0]}, ...); write "
+        f"{CLASSNAMES_FILE} or name a bundled set with {len(folders)} classes (imagenet1k)"
+    )
+
+
 def load_image_folder(
     directory: str | Path,
     name: str,
@@ -373,9 +388,7 @@ def load_image_folder(
     if not class_dirs:
         raise FileNotFoundError(f"{root} has no class subfolders; {IMAGE_FOLDER_LAYOUT}")
     names = classnames if classnames is not None else _optional_lines(root / CLASSNAMES_FILE)
-    names = (
-        tuple(names) if names is not None else tuple(p.name.replace("_", " ") for p in class_dirs)
-    )
+    names = tuple(names) if names is not None else _folder_classnames(name, class_dirs, root)
     if len(names) != len(class_dirs):
         raise ValueError(
             f"{root}: {len(names)} class names for {len(class_dirs)} class folders "

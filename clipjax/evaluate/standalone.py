@@ -33,16 +33,70 @@ class WeightsSource:
 
 
 def run_config_json(checkpoint: str) -> Path | None:
-    """The `config.json` a training run wrote beside its checkpoints, if any."""
+    """The `config.json` of the run: in the workdir given, or above its `checkpoints/`
+    (`checkpoint` is a workdir, its checkpoints/ or one step directory)."""
     path = Path(checkpoint).absolute()
-    for candidate in (path, *path.parents[:3]):
-        if (candidate / "config.json").is_file():
-            return candidate / "config.json"
-    return None
+    candidates = [path]
+    if path.name == "checkpoints":
+        candidates.append(path.parent)
+    if path.parent.name == "checkpoints":
+        candidates.append(path.parent.parent)
+    return next((c / "config.json" for c in candidates if (c / "config.json").is_file()), None)
 
 
-def config_from_json(path: Path) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+def checkpoint_config(checkpoint: str, evals_from: str | None) -> ml_collections.ConfigDict:
+    """The run's own config; `evals_from` (a config file) replaces its `evals`."""
+    from clipjax.config import ConfigError, load_config
+    from clipjax.evaluate.fields import complete_evals
+
+    saved = run_config_json(checkpoint)
+    if saved is None:
+        raise ConfigError(
+            f"no config.json beside {checkpoint} (a clipjax workdir has one); the model "
+            "and data settings of the run are needed to evaluate it"
+        )
+    config = ml_collections.ConfigDict(json.loads(saved.read_text()))
+    if evals_from:
+        config.evals = load_config(evals_from).evals
+    complete_evals(config)
+    config.lock()
+    return config
+
+
+def check_flags(args) -> None:
+    """Refuses flags that do not apply to the weights given."""
+    if args.step is not None and not args.checkpoint:
+        raise ValueError("--step applies to --checkpoint only")
+    given = [
+        f for f in ("act", "image_heads", "text_heads") if getattr(args, f) not in (None, "gelu")
+    ]
+    if given and not args.open_clip:
+        flags = ", ".join("--" + f.replace("_", "-") for f in given)
+        raise ValueError(f"{flags} apply to --open-clip only (an HF config.json says them)")
+
+
+def check_config(config: ml_collections.ConfigDict, imported: bool) -> None:
+    """The evals fit the devices, and imported weights get a tokenizer that fits them."""
+    from clipjax.config import ConfigError
+    from clipjax.config_checks import eval_config_problems
+    from clipjax.models.presets import CLIP_VOCAB
+
+    problems = eval_config_problems(config, jax.device_count())
+    text = config.model.text
+    if imported and config.tokenizer.kind == "clip":
+        if text.vocab_size != CLIP_VOCAB:
+            problems.append(
+                f"the imported text tower has {text.vocab_size} token ids, not CLIP BPE's "
+                f"{CLIP_VOCAB}: set --config.tokenizer.kind and --config.tokenizer.path to "
+                "the tokenizer it was trained with"
+            )
+        if text.pool == "eos" and text.eos_id != CLIP_VOCAB - 1:
+            problems.append(
+                f"the imported text tower ends sequences with id {text.eos_id}, not CLIP BPE's "
+                f"{CLIP_VOCAB - 1}: set --config.tokenizer.* to its tokenizer"
+            )
+    if problems:
+        raise ConfigError("cannot evaluate:\n  - " + "\n  - ".join(problems))
 
 
 def imported_params(config: ml_collections.ConfigDict, source: WeightsSource) -> dict:
@@ -78,8 +132,6 @@ def evaluate(
     from clipjax.parallel import batch_sharding, build_mesh, param_shardings, rules_table
     from clipjax.train.state import model_spec
 
-    if not config.evals:
-        raise ValueError("config.evals is empty: nothing to evaluate")
     mesh = build_mesh(config.mesh)
     rules = rules_table(config.sharding_rules)
     spec = model_spec(config.model)

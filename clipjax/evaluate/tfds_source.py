@@ -4,7 +4,6 @@ access through `tfds` data sources: no TensorFlow needed."""
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from clipjax.data.decode import BadSample, ImageTransform, load_image
-from clipjax.evaluate.assets import bundled_classnames, bundled_name
+from clipjax.evaluate.assets import WORDNET_ID, bundled_classnames, bundled_name
 from clipjax.evaluate.sources import (
     DEFAULT_MAX_PIXELS,
     EvalSet,
@@ -127,9 +126,6 @@ def tfds_builder(name: str, data_dir: str | Path):
         return read_only_builder.builder_from_files(name, data_dir=str(root))
     except Exception as exc:  # tfds raises DatasetNotFoundError and friends
         raise FileNotFoundError(f"no prepared dataset {name!r} under {root}; {layout}") from exc
-
-
-WORDNET_ID = re.compile(r"^n\d{8}$")
 
 
 def load_tfds(

@@ -176,8 +176,11 @@ def model_config_from_hf(hf: dict, base: ml_collections.ConfigDict) -> ml_collec
     """`base` (a clipjax `model` config group) with the towers of an HF CLIPConfig."""
     if hf.get("model_type", "clip") != "clip":
         raise ValueError(f"config.json has model_type={hf.get('model_type')!r}; expected 'clip'")
-    vision = _tower_config(hf.get("vision_config"), VISION_DEFAULTS, "vision_config")
-    text = _tower_config(hf.get("text_config"), TEXT_DEFAULTS, "text_config")
+    # transformers lets the older `*_config_dict` keys win over `*_config`
+    vision_raw = {**(hf.get("vision_config") or {}), **(hf.get("vision_config_dict") or {})}
+    text_raw = {**(hf.get("text_config") or {}), **(hf.get("text_config_dict") or {})}
+    vision = _tower_config(vision_raw, VISION_DEFAULTS, "vision_config")
+    text = _tower_config(text_raw, TEXT_DEFAULTS, "text_config")
     if vision["num_channels"] != 3:
         raise ValueError(f"vision_config.num_channels={vision['num_channels']}; expected 3")
     eos = text["eos_token_id"]

@@ -3,7 +3,8 @@
 open_clip's `CLIP` keeps the OpenAI names (`visual.conv1.weight`,
 `transformer.resblocks.0.attn.in_proj_weight`, `text_projection`, ...). They are
 renamed to the HF layout and imported by `hf_clip`. Head counts are not stored
-in a state dict: both towers default to open_clip's 64-wide heads.
+in a state dict: both towers default to open_clip's 64-wide heads, except the
+ViT-H/g/bigG image towers (16 heads); other widths need the count given.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import numpy as np
 from clipjax.interop.hf_clip import params_from_hf
 
 HEAD_WIDTH = 64  # open_clip's default head width for both towers
+# Image towers whose published configs use other head widths (ViT-H/g/bigG: 80/88/104).
+IMAGE_HEADS_BY_WIDTH = {1280: 16, 1408: 16, 1664: 16}
 IGNORED = ("attn_mask", "input_resolution", "context_length", "vocab_size")
 _BLOCK = re.compile(r"^(visual\.)?transformer\.resblocks\.(\d+)\.(.+)$")
 _BLOCK_NAMES = {
@@ -127,7 +130,7 @@ def model_config_from_open_clip(
             patch_size=int(patch),
             width=int(width),
             depth=_depth(state, True),
-            heads=image_heads or width // HEAD_WIDTH,
+            heads=image_heads or IMAGE_HEADS_BY_WIDTH.get(width, width // HEAD_WIDTH),
             mlp_ratio=mlp / width,
             act=act,
             pool="cls",

@@ -17,15 +17,21 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (expected a state dict file)")
     if path.suffix in SAFETENSORS:
+        import ml_dtypes  # noqa: F401  (registers bfloat16 with NumPy for safetensors)
         from safetensors.numpy import load_file
 
-        return load_file(str(path))
+        return {k: _widen(v) for k, v in load_file(str(path)).items()}
     if path.suffix in TORCH_FILES:
         return _read_torch(path)
     raise ValueError(
         f"{path}: unknown state dict format {path.suffix!r}; expected one of "
         f"{SAFETENSORS + TORCH_FILES}"
     )
+
+
+def _widen(array: np.ndarray) -> np.ndarray:
+    """bfloat16 -> float32 (exact); other dtypes unchanged."""
+    return array.astype(np.float32) if array.dtype.name == "bfloat16" else array
 
 
 def _read_torch(path: Path) -> dict[str, np.ndarray]:

@@ -128,6 +128,11 @@ class Mlp(nnx.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def mlp_width(width: int, mlp_ratio: float) -> int:
+    """`int(width * mlp_ratio)`, robust to a ratio like 37/16 that floats store a hair low."""
+    return int(width * mlp_ratio + 1e-6)
+
+
 class Block(nnx.Module):
     """Pre-LayerNorm transformer block."""
 
@@ -146,7 +151,7 @@ class Block(nnx.Module):
         self.ln_1 = layer_norm(width, **kw)
         self.attn = Attention(width, heads, **kw)
         self.ln_2 = layer_norm(width, **kw)
-        self.mlp = Mlp(width, round(width * mlp_ratio), act, **kw)
+        self.mlp = Mlp(width, mlp_width(width, mlp_ratio), act, **kw)
 
     def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
         x = x + self.attn(self.ln_1(x), causal=causal)
