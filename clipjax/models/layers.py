@@ -92,9 +92,21 @@ class Attention(nnx.Module):
             bias_init=init(ZEROS, ("embed",)),
         )
 
-    def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
-        q, k, v = self.query(x), self.key(x), self.value(x)
-        return self.out(jax.nn.dot_product_attention(q, k, v, is_causal=causal))
+    def __call__(
+        self,
+        x: jax.Array,
+        causal: bool = False,
+        mask: jax.Array | None = None,
+        context: jax.Array | None = None,
+    ) -> jax.Array:
+        """Self-attention over `x`, or cross-attention from `x` to `context`.
+
+        `mask`: boolean, broadcastable to `[batch, heads, queries, keys]`; True attends.
+        """
+        source = x if context is None else context
+        q, k, v = self.query(x), self.key(source), self.value(source)
+        attended = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+        return self.out(attended)
 
 
 class Mlp(nnx.Module):
@@ -153,8 +165,10 @@ class Block(nnx.Module):
         self.ln_2 = layer_norm(width, **kw)
         self.mlp = Mlp(width, mlp_width(width, mlp_ratio), act, **kw)
 
-    def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
-        x = x + self.attn(self.ln_1(x), causal=causal)
+    def __call__(
+        self, x: jax.Array, causal: bool = False, mask: jax.Array | None = None
+    ) -> jax.Array:
+        x = x + self.attn(self.ln_1(x), causal=causal, mask=mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -203,9 +217,13 @@ class Transformer(nnx.Module):
         else:
             self.blocks = nnx.List([block(rngs) for _ in range(depth)])
 
-    def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, causal: bool = False, mask: jax.Array | None = None
+    ) -> jax.Array:
+        """`mask`: boolean `[batch, 1, queries, keys]` (True attends), e.g. key padding."""
+
         def apply(block: Block, x: jax.Array) -> jax.Array:
-            return block(x, causal=causal)
+            return block(x, causal=causal, mask=mask)
 
         if self.remat != "none":
             apply = nnx.remat(apply, policy=REMAT_POLICIES[self.remat])
