@@ -29,6 +29,8 @@ ACTIVATIONS = {
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "quick_gelu": quick_gelu,
     "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,  # EfficientNet's name for silu
 }
 
 ZEROS = nnx.initializers.zeros_init()

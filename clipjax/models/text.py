@@ -1,4 +1,5 @@
-"""Causal text transformer (CLIP's text tower), pooled at the end-of-text token."""
+"""Text transformer: causal and pooled at the end-of-text token (CLIP), or bidirectional
+over the non-padding tokens and pooled at position 0 (BERT-style, ALIGN)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ from flax import nnx
 
 from clipjax.models.layers import Transformer, init, layer_norm, param, projection
 
-TEXT_POOLS = ("argmax", "last", "eos")
+TEXT_POOLS = ("argmax", "last", "eos", "cls")
 
 
 def end_positions(tokens: jax.Array, pool: str, pad_id: int = 0, eos_id: int = -1) -> jax.Array:
-    """Where each sequence's end token is: the largest id ("argmax"), the last
-    position that is not padding ("last") or the first `eos_id` ("eos")."""
+    """Where each sequence is pooled: at its end token, being the largest id ("argmax"),
+    the last position that is not padding ("last") or the first `eos_id` ("eos"); or
+    at position 0 ("cls")."""
+    if pool == "cls":
+        return jnp.zeros(tokens.shape[:1], jnp.int32)
     if pool == "eos":
         return jnp.argmax(tokens == eos_id, axis=-1)
     if pool == "last":
@@ -23,17 +27,29 @@ def end_positions(tokens: jax.Array, pool: str, pad_id: int = 0, eos_id: int = -
 
 
 class TextTransformer(nnx.Module):
-    """Token + position embedding, causal encoder, final LN, end-token pooling, projection.
+    """Token + position embedding, encoder, final LN, pooling, projection.
 
     `pool="argmax"`: as in CLIP, the end-of-text token has the largest id in the
     vocabulary, so its position is the argmax of the token ids. `pool="last"`: the
     last token that is not `pad_id` (other vocabularies). `pool="eos"`: the first
-    `eos_id` (HF CLIP checkpoints whose end token is not the largest id).
+    `eos_id` (HF CLIP checkpoints whose end token is not the largest id). `pool="cls"`:
+    position 0 (the start token), for a bidirectional encoder.
+
+    `causal=True` (default): each token attends to itself and earlier ones (CLIP).
+    `causal=False`: every token attends to every non-`pad_id` token, so the output
+    does not depend on how much padding follows the text.
     """
 
     def __init__(
         self, cfg, embed_dim: int, *, scan: bool, remat: str, dtype, param_dtype, rngs: nnx.Rngs
     ):
+        self.pool = cfg.get("pool", "argmax")
+        self.causal = cfg.get("causal", True)
+        if self.pool == "cls" and self.causal:
+            raise ValueError(
+                "text.pool='cls' with text.causal=True pools a token that sees only itself; "
+                "set text.causal=False for a bidirectional encoder"
+            )
         width = cfg.width
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.token_embed = nnx.Embed(
@@ -54,14 +70,15 @@ class TextTransformer(nnx.Module):
         )
         self.ln_final = layer_norm(width, **kw)
         self.proj = projection(width, embed_dim, **kw)
-        self.pool = cfg.get("pool", "argmax")
         self.pad_id = cfg.get("pad_id", 0)
         self.eos_id = cfg.get("eos_id", -1)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         x = self.token_embed(tokens)
         x = x + self.pos_embed[...][: tokens.shape[1]].astype(x.dtype)
-        x = self.ln_final(self.encoder(x, causal=True))
+        # Key padding mask [B, 1, 1, L]; the causal mask already hides later padding.
+        mask = None if self.causal else (tokens != self.pad_id)[:, None, None, :]
+        x = self.ln_final(self.encoder(x, causal=self.causal, mask=mask))
         eot = end_positions(tokens, self.pool, self.pad_id, self.eos_id)
         pooled = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
         return self.proj(pooled)

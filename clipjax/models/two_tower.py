@@ -8,12 +8,25 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from clipjax.models.convnet import EfficientNet
 from clipjax.models.layers import dtype_of, param
 from clipjax.models.text import TextTransformer
 from clipjax.models.vit import VisionTransformer
 
 # The log-scale is clamped to [0, ln 100] after each update (see train.step).
 MAX_LOG_SCALE = math.log(100.0)
+
+IMAGE_TOWERS = {"vit": VisionTransformer, "efficientnet": EfficientNet}
+
+
+def image_tower_class(image_cfg) -> type[nnx.Module]:
+    """The image tower class named by `image_cfg.kind` (default "vit")."""
+    kind = image_cfg.get("kind", "vit")
+    if kind not in IMAGE_TOWERS:
+        raise ValueError(
+            f"model.image.kind={kind!r} is unknown; expected one of {tuple(IMAGE_TOWERS)}"
+        )
+    return IMAGE_TOWERS[kind]
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -22,7 +35,10 @@ def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 
 class TwoTower(nnx.Module):
-    """CLIP-style model; `__call__` returns L2-normalised float32 embeddings."""
+    """CLIP/ALIGN-style model; `__call__` returns L2-normalised float32 embeddings.
+
+    The image tower is a ViT or, with `cfg.image.kind="efficientnet"`, an EfficientNet.
+    """
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         kw = dict(
@@ -32,7 +48,7 @@ class TwoTower(nnx.Module):
             scan=cfg.scan_layers,
             remat=cfg.remat,
         )
-        self.image = VisionTransformer(cfg.image, cfg.embed_dim, **kw)
+        self.image = image_tower_class(cfg.image)(cfg.image, cfg.embed_dim, **kw)
         self.text = TextTransformer(cfg.text, cfg.embed_dim, **kw)
         log_scale = math.log(1.0 / cfg.temperature_init)
         self.logit_scale = param(rngs, nnx.initializers.constant(log_scale), (), (), jnp.float32)
@@ -47,6 +63,15 @@ class TwoTower(nnx.Module):
 
     def encode_text(self, tokens: jax.Array) -> jax.Array:
         return l2_normalize(self.text(tokens))
+
+    def train_outputs(self, batch: dict[str, jax.Array]) -> dict:
+        """What the train step needs: L2-normalised float32 embeddings by modality."""
+        return {
+            "embeddings": {
+                "image": self.encode_image(batch["image"]),
+                "text": self.encode_text(batch["text"]),
+            }
+        }
 
     def __call__(self, images: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
         return self.encode_image(images), self.encode_text(tokens)
