@@ -46,7 +46,9 @@ class VisionTransformer(nnx.Module):
         self.proj = projection(width, embed_dim, **kw)
         self.dtype = dtype
 
-    def __call__(self, images: jax.Array) -> jax.Array:
+    def _encode(self, images: jax.Array) -> jax.Array:
+        """Patchify, (class token), position embedding, ln_pre, encoder: `[B, T, width]`
+        before `ln_post`."""
         x = self.patch_embed(images.astype(self.dtype))
         x = x.reshape(x.shape[0], -1, x.shape[-1])
         if self.pool == "cls":
@@ -57,6 +59,15 @@ class VisionTransformer(nnx.Module):
         x = x + self.pos_embed[...].astype(x.dtype)
         if self.ln_pre is not None:
             x = self.ln_pre(x)
-        x = self.encoder(x)
+        return self.encoder(x)
+
+    def tokens(self, images: jax.Array) -> jax.Array:
+        """Every output token (class token first, if any) after `ln_post`: `[B, T, width]`,
+        e.g. for attentional pooling (CoCa)."""
+        return self.ln_post(self._encode(images))
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        # Pools before ln_post, not over `tokens()`: "gap" averages un-normalised tokens.
+        x = self._encode(images)
         pooled = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
         return self.proj(self.ln_post(pooled))
