@@ -59,8 +59,8 @@ def clipjax_step(config, batch_size: int, devices=None):
     import jax.numpy as jnp
     import numpy as np
 
-    from clipjax.losses import LossSpec
     from clipjax.parallel import batch_sharding, build_mesh, rules_table
+    from clipjax.train.objective import objective_from_config
     from clipjax.train.optim import build_optimizer, learning_rate_schedule
     from clipjax.train.state import create_train_state
     from clipjax.train.step import make_grad_fn, make_train_step, pixel_normalizer
@@ -70,7 +70,8 @@ def clipjax_step(config, batch_size: int, devices=None):
     tx = build_optimizer(config.optim, 1000)
     schedule = learning_rate_schedule(config.optim, 1000)
     spec, state, state_sh = create_train_state(config.model, 0, tx, mesh, rules)
-    grad_fn = make_grad_fn(spec, LossSpec(), mesh, rules.get("batch"))
+    objective = objective_from_config(config, mesh, rules.get("batch"))
+    grad_fn = make_grad_fn(spec, objective, mesh, rules.get("batch"))
     shardings = {"image": batch_sharding(mesh, rules, 4), "text": batch_sharding(mesh, rules, 2)}
     normalize = pixel_normalizer(config.data.mean, config.data.std)
     step = make_train_step(grad_fn, tx, state_sh, shardings, schedule, normalize)

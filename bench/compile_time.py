@@ -29,8 +29,8 @@ def main() -> None:
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from clipjax.config import load_config
-    from clipjax.losses import LossSpec
     from clipjax.parallel import batch_sharding, build_mesh, rules_table
+    from clipjax.train.objective import objective_from_config
     from clipjax.train.optim import build_optimizer, learning_rate_schedule
     from clipjax.train.state import create_train_state
     from clipjax.train.step import make_grad_fn, make_train_step
@@ -52,7 +52,8 @@ def main() -> None:
     for scan in (False, True):
         config.model.scan_layers = scan
         spec, state, state_sh = create_train_state(config.model, 0, tx, mesh, rules)
-        grad_fn = make_grad_fn(spec, LossSpec(), mesh, rules.get("batch"))
+        objective = objective_from_config(config, mesh, rules.get("batch"))
+        grad_fn = make_grad_fn(spec, objective, mesh, rules.get("batch"))
         steps[scan] = (make_train_step(grad_fn, tx, state_sh, shardings, schedule), state)
     results = {False: [], True: []}
     for _ in range(args.repeats):

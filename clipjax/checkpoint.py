@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,18 +188,32 @@ def _params_metadata(state_dir: epath.Path) -> Any:
     return tree["params"]
 
 
-def load_params(path: str | Path, target: Any, step: int | None = None) -> Any:
+def load_params(
+    path: str | Path, target: Any, step: int | None = None, parts: Sequence[str] = ()
+) -> Any:
     """Only the params of a checkpoint, restored into `target`'s shapes and shardings.
 
-    A parameter missing from either side or with another shape is an error that
-    names it; the optimizer state in the checkpoint is never read.
+    `parts`: only these top-level groups (e.g. `("image",)` for LiT's tower), the rest
+    of `target` is neither read nor returned. A parameter missing from either side or
+    with another shape is an error that names it; the optimizer state in the
+    checkpoint is never read.
     """
     root, step = resolve_step_dir(path, step)
-    return _restore_params(root / str(step) / STATE, target)
+    return _restore_params(root / str(step) / STATE, target, tuple(parts))
 
 
-def _restore_params(state_dir: epath.Path, target: Any) -> Any:
-    _check_same_shapes(_params_metadata(state_dir), target, str(state_dir.parent))
+def _restore_params(state_dir: epath.Path, target: Any, parts: tuple[str, ...] = ()) -> Any:
+    saved = _params_metadata(state_dir)
+    if parts:
+        missing = [p for p in parts if p not in saved or p not in target]
+        if missing:
+            raise ValueError(
+                f"params groups {missing} are not in both {state_dir.parent} "
+                f"(has {sorted(saved)}) and this model (has {sorted(target)})"
+            )
+        saved = {p: saved[p] for p in parts}
+        target = {p: target[p] for p in parts}
+    _check_same_shapes(saved, target, str(state_dir.parent))
     item = {"params": target}
     restored = ocp.PyTreeCheckpointHandler().restore(
         state_dir,

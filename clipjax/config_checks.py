@@ -12,15 +12,18 @@ from clipjax.data.loader import stream_range, train_sources
 from clipjax.data.shards import check_openers
 from clipjax.data.tokenizers import build_tokenizer
 from clipjax.evaluate.fields import EVAL_DEFAULTS, EVAL_KINDS, EVAL_SOURCES, eval_field
+from clipjax.family_checks import family_field_types, family_problems, is_image_text
 from clipjax.losses.contrastive import LossSpec
 from clipjax.models import MODELS
 from clipjax.models.layers import ACTIVATIONS, REMAT_POLICIES, dtype_of
 from clipjax.models.text import TEXT_POOLS
+from clipjax.models.two_tower import IMAGE_TOWERS
 from clipjax.models.vit import POOLS
 from clipjax.parallel import axis_tuple, resolve_mesh_shape, rules_table
+from clipjax.train.objective import MULTI_KINDS, ObjectiveSpec
 from clipjax.train.optim import OPTIMIZERS, SCHEDULES
 
-DATA_SOURCES = ("digits", "shards")
+DATA_SOURCES = ("digits", "shards", "xor")
 
 # Fields the trainer does arithmetic with; a config file may not give them other types.
 FIELD_TYPES = {
@@ -47,12 +50,7 @@ FIELD_TYPES = {
     "checkpoint.keep_period": int,
     "model.embed_dim": int,
     "model.temperature_init": float,
-    **{
-        f"model.{tower}.{field}": int
-        for tower in ("image", "text")
-        for field in ("width", "depth", "heads")
-    },
-    "model.image.patch_size": int,
+    **{f"model.text.{field}": int for field in ("width", "depth", "heads")},
     "model.text.vocab_size": int,
     "model.text.context_length": int,
     "model.text.pad_id": int,
@@ -60,16 +58,48 @@ FIELD_TYPES = {
     "tokenizer.context_length": int,
 }
 
+# The image tower's fields, by `model.image.kind` (default "vit").
+IMAGE_FIELD_TYPES = {
+    "vit": {"width": int, "depth": int, "heads": int, "patch_size": int},
+    "efficientnet": {"width_coefficient": float, "depth_coefficient": float, "se_ratio": float},
+}
+
+# Fields a config may leave out (the model's default applies) but not give another type.
+OPTIONAL_FIELD_TYPES = {"model.image.kind": str, "model.text.causal": bool}
+
+
+def _lookup(c, path: str):
+    value = c
+    for name in path.split("."):
+        value = value.get(name) if hasattr(value, "get") else None
+    return value
+
+
+def _required_types(c) -> dict[str, type]:
+    if not is_image_text(c):
+        common = {p: t for p, t in FIELD_TYPES.items() if not p.startswith("model.text.")}
+        return {**common, **family_field_types(c)}
+    kind = _lookup(c, "model.image.kind") or "vit"
+    image = IMAGE_FIELD_TYPES.get(kind, {})
+    image_types = {f"model.image.{f}": t for f, t in image.items()}
+    return {**FIELD_TYPES, **image_types, **family_field_types(c)}
+
+
+def _type_ok(value, expected: type) -> bool:
+    if expected is bool:
+        return isinstance(value, bool)
+    allowed = (int, float) if expected is float else (expected,)
+    return not isinstance(value, bool) and isinstance(value, allowed)
+
 
 def _types(c, problems: list[str]) -> bool:
-    """True when every field in FIELD_TYPES has its type (ints pass for floats)."""
+    """True when every field in FIELD_TYPES (and the image kind's IMAGE_FIELD_TYPES) has
+    its type, ints passing for floats, and every OPTIONAL_FIELD_TYPES field given has its."""
     ok = True
-    for path, expected in FIELD_TYPES.items():
-        value = c
-        for name in path.split("."):
-            value = value.get(name) if hasattr(value, "get") else None
-        allowed = (int, float) if expected is float else (expected,)
-        if isinstance(value, bool) or not isinstance(value, allowed):
+    optional = {p: t for p, t in OPTIONAL_FIELD_TYPES.items() if _lookup(c, p) is not None}
+    for path, expected in {**_required_types(c), **optional}.items():
+        value = _lookup(c, path)
+        if not _type_ok(value, expected):
             problems.append(
                 f"{path}={value!r} has type {type(value).__name__}, expected {expected.__name__}"
             )
@@ -158,23 +188,29 @@ def _streams(c, num_processes: int, problems: list[str]) -> None:
         )
 
 
+def _vector_model(c, problems: list[str]) -> None:
+    """The model fields every family has (Symile's towers: family_checks)."""
+    for field in ("dtype", "param_dtype"):
+        _attempt(problems, dtype_of, c.model[field])
+    _choice(problems, "model.remat", c.model.remat, REMAT_POLICIES)
+    if not 0 < c.model.temperature_init <= 1:
+        problems.append(f"model.temperature_init={c.model.temperature_init} must be in (0, 1]")
+
+
 def _model(c, problems: list[str]) -> None:
     m = c.model
-    _choice(problems, "model.name", m.name, MODELS)
     for field in ("dtype", "param_dtype"):
         _attempt(problems, dtype_of, m[field])
     for tower in ("image", "text"):
-        t = m[tower]
-        if t.width % t.heads:
-            problems.append(f"model.{tower}.width={t.width} is not divisible by heads={t.heads}")
-        _choice(problems, f"model.{tower}.act", t.act, ACTIVATIONS)
-    _choice(problems, "model.image.pool", m.image.pool, POOLS)
+        _choice(problems, f"model.{tower}.act", m[tower].act, ACTIVATIONS)
+    if m.text.width % m.text.heads:
+        problems.append(f"model.text.width={m.text.width} is not divisible by heads={m.text.heads}")
+    _choice(problems, "model.image.kind", m.image.get("kind", "vit"), IMAGE_TOWERS)
+    if m.image.get("kind", "vit") == "vit":
+        _vit(m.image, problems)
+    elif m.image.kind == "efficientnet":
+        _efficientnet(m.image, problems)
     _choice(problems, "model.remat", m.remat, REMAT_POLICIES)
-    if m.image.image_size % m.image.patch_size:
-        problems.append(
-            f"model.image.image_size={m.image.image_size} is not divisible by "
-            f"patch_size={m.image.patch_size}"
-        )
     if m.image.image_size != c.data.image_size:
         problems.append(
             f"model.image.image_size={m.image.image_size} differs from "
@@ -182,6 +218,24 @@ def _model(c, problems: list[str]) -> None:
         )
     if not 0 < m.temperature_init <= 1:
         problems.append(f"model.temperature_init={m.temperature_init} must be in (0, 1]")
+
+
+def _vit(image, problems: list[str]) -> None:
+    if image.width % image.heads:
+        problems.append(f"model.image.width={image.width} is not divisible by heads={image.heads}")
+    _choice(problems, "model.image.pool", image.pool, POOLS)
+    if image.image_size % image.patch_size:
+        problems.append(
+            f"model.image.image_size={image.image_size} is not divisible by "
+            f"patch_size={image.patch_size}"
+        )
+
+
+def _efficientnet(image, problems: list[str]) -> None:
+    for field in ("width_coefficient", "depth_coefficient"):
+        _positive(problems, f"model.image.{field}", image[field])
+    if not 0 <= image.se_ratio <= 1:
+        problems.append(f"model.image.se_ratio={image.se_ratio} must be in [0, 1] (0: no SE)")
 
 
 def _text(c, problems: list[str]) -> None:
@@ -194,6 +248,11 @@ def _text(c, problems: list[str]) -> None:
             f"{c.tokenizer.kind!r} tokenizer's {tokenizer.vocab_size} ids"
         )
     _choice(problems, "model.text.pool", c.model.text.pool, TEXT_POOLS)
+    if c.model.text.pool == "cls" and c.model.text.get("causal", True):
+        problems.append(
+            "model.text.pool='cls' needs model.text.causal=False: with a causal encoder "
+            "position 0 sees only itself"
+        )
     eos_id = c.model.text.get("eos_id", -1)
     if c.model.text.pool == "eos" and not 0 <= eos_id < c.model.text.vocab_size:
         problems.append(
@@ -207,11 +266,17 @@ def _text(c, problems: list[str]) -> None:
             f"model.text.pool='last' and model.text.pad_id={tokenizer.pad_id}"
         )
     pad_id = getattr(tokenizer, "pad_id", 0)
-    if c.model.text.pool == "last" and c.model.text.pad_id != pad_id:
-        problems.append(
-            f"model.text.pad_id={c.model.text.pad_id} but the {c.tokenizer.kind!r} tokenizer "
-            f"pads with {pad_id}: pool='last' would pool at padding"
-        )
+    if c.model.text.pad_id != pad_id:
+        if c.model.text.pool == "last":
+            problems.append(
+                f"model.text.pad_id={c.model.text.pad_id} but the {c.tokenizer.kind!r} "
+                f"tokenizer pads with {pad_id}: pool='last' would pool at padding"
+            )
+        if not c.model.text.get("causal", True):
+            problems.append(
+                f"model.text.pad_id={c.model.text.pad_id} but the {c.tokenizer.kind!r} "
+                f"tokenizer pads with {pad_id}: model.text.causal=False would attend to padding"
+            )
     if c.tokenizer.context_length != c.model.text.context_length:
         problems.append(
             f"tokenizer.context_length={c.tokenizer.context_length} differs from "
@@ -262,7 +327,9 @@ def _optim_and_train(c, problems: list[str]) -> None:
         )
     if o.schedule == "constant_cooldown" and o.warmup_steps + o.cooldown_steps > c.train.steps:
         problems.append("optim.warmup_steps + optim.cooldown_steps exceed train.steps")
-    _attempt(problems, LossSpec.from_config(c.loss).check)
+    _attempt(problems, ObjectiveSpec.from_config(c).check)
+    if c.loss.kind not in MULTI_KINDS:
+        _attempt(problems, LossSpec.from_config(c.loss).check)
     if c.loss.kind == "sigmoid" and c.model.get("logit_bias_init") is None:
         problems.append("loss.kind='sigmoid' needs model.logit_bias_init (SigLIP uses -10.0)")
     if c.train.accum_steps < 1:
@@ -310,8 +377,11 @@ def config_problems(
     problems: list[str] = []
     if not _types(c, problems):
         return problems  # the checks below do arithmetic on these fields
-    for check in (_model, _text, _data, _optim_and_train, _checkpoint, _evals):
+    _choice(problems, "model.name", c.model.get("name"), MODELS)
+    image_text = (_model, _text, _data) if is_image_text(c) else (_vector_model,)
+    for check in (*image_text, _optim_and_train, _checkpoint, _evals):
         check(c, problems)
+    problems += family_problems(c)
     _mesh_and_batch(c, num_devices, num_processes, problems)
     return problems
 

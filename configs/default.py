@@ -41,7 +41,7 @@ def get_config(arg=None):
     c.tokenizer.path = ""
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "clip"
+    c.model.name = "clip"  # clip: two towers (CLIP, SigLIP, ALIGN, LiT) | coca | symile
     c.model.embed_dim = 128
     c.model.temperature_init = 0.07
     c.model.logit_bias_init = None  # a float adds SigLIP's learned bias (SigLIP: -10.0)
@@ -49,8 +49,10 @@ def get_config(arg=None):
     c.model.param_dtype = "float32"
     c.model.scan_layers = False  # stack blocks on a `layers` axis and nnx.scan over them
     c.model.remat = "none"  # none | full | dots: what a block keeps for the backward pass
+    c.model.frozen = ()  # top-level parameter groups never updated, e.g. ("image",) for LiT
     c.model.image = ml_collections.ConfigDict(
         dict(
+            kind="vit",  # vit | efficientnet (ALIGN)
             image_size=32,
             patch_size=8,
             width=128,
@@ -72,15 +74,17 @@ def get_config(arg=None):
             heads=4,
             mlp_ratio=2.0,
             act="gelu",
+            causal=True,  # False: a bidirectional encoder that ignores padding (BERT-style)
             pool="argmax",  # argmax: the end token has the largest id (CLIP) | last: last non-pad
-            # | eos: the first eos_id
+            # | eos: the first eos_id | cls: position 0 (BERT-style)
             pad_id=0,  # padding id, for pool="last"
             eos_id=-1,  # end-of-text id, for pool="eos"
         )
     )
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.kind = "softmax"  # softmax | dcl | sigmoid
+    c.loss.kind = "softmax"  # softmax | dcl | sigmoid; 3+ modalities: symile | pairwise
+    c.loss.symile_negatives = "n"  # symile: n (one permutation per modality) | n_squared
     c.loss.strategy = "gather"  # gather | grouped | ring
     c.loss.group_size = 1  # batch shards per group, for strategy "grouped"
     c.loss.ring_chunk = 1024  # strategy "ring": columns scored at once, memory O(b * chunk)
@@ -120,6 +124,7 @@ def get_config(arg=None):
     c.distributed.heartbeat_timeout = 60  # a process silent this long stops the run
     c.distributed.shutdown_timeout = 60  # seconds to wait for the others at exit
     c.init_from = ""  # params (only) from a checkpoint dir: fine-tuning, LiT
+    c.init_parts = ()  # the top-level groups init_from loads, e.g. ("image",); (): all
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.sharding_rules = (

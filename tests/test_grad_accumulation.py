@@ -9,6 +9,7 @@ from jax.sharding import PartitionSpec as P
 from clipjax.config import load_config
 from clipjax.losses import LossSpec
 from clipjax.parallel import build_mesh, rules_table
+from clipjax.train.objective import ObjectiveSpec, make_objective
 from clipjax.train.optim import build_optimizer
 from clipjax.train.state import create_train_state
 from clipjax.train.step import make_grad_fn, merge_micro, split_micro
@@ -46,8 +47,9 @@ def test_accumulated_gradients_equal_full_batch(loss):
     spec, mesh, params, batch = setup(-2.0 if loss.kind == "sigmoid" else None)
     results = {}
     for k in (1, 2, 4):
-        grad_fn = make_grad_fn(spec, loss, mesh, ("data", "fsdp"), accum_steps=k)
-        results[k] = jax.device_get(jax.jit(grad_fn)(params, batch))
+        objective = make_objective(ObjectiveSpec(kind=loss.kind), loss, mesh, ("data", "fsdp"))
+        grad_fn = make_grad_fn(spec, objective, mesh, ("data", "fsdp"), accum_steps=k)
+        results[k] = jax.device_get(jax.jit(grad_fn)(params, batch, jax.random.key(0)))
     loss_1, _, grads_1 = results[1]
     assert float(np.abs(grads_1["logit_scale"])) > 0
     assert ("logit_bias" in grads_1) == (loss.kind == "sigmoid")

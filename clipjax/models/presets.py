@@ -68,3 +68,48 @@ def clip_config(name: str) -> ml_collections.ConfigDict:
         config.data.std = (0.26862954, 0.26130258, 0.27577711)
         config.evals = {}
     return config
+
+
+def tiny_config() -> ml_collections.ConfigDict:
+    """The embedded default's `tiny` variant: small towers, a few steps on the digits."""
+    from clipjax.config import DEFAULT_CONFIG, load_config
+
+    return load_config(f"{DEFAULT_CONFIG}:tiny")
+
+
+def apply_siglip(config: ml_collections.ConfigDict) -> None:
+    """SigLIP (Zhai et al. 2023): pairwise sigmoid loss with a learned bias, t' = log 10
+    and b = -10 at init; the text tower is bidirectional and pools its last token."""
+    config.loss.kind = "sigmoid"
+    config.model.temperature_init = 0.1  # scale t = exp(t') = 10
+    config.model.logit_bias_init = -10.0
+    config.model.text.causal = False
+    config.model.text.pool = "last"
+    config.optim.b2 = 0.95
+    config.optim.weight_decay = 1e-4
+
+
+def apply_align(config: ml_collections.ConfigDict, width: float, depth: float) -> None:
+    """ALIGN (Jia et al. 2021): an EfficientNet image tower (no ViT fields used), a
+    bidirectional BERT-style text encoder pooled at its first token, and softmax
+    InfoNCE with label smoothing 0.1 and a learned temperature."""
+    image = config.model.image
+    image.kind = "efficientnet"
+    image.width_coefficient = width
+    image.depth_coefficient = depth
+    image.se_ratio = 0.25
+    image.act = "swish"
+    config.model.text.causal = False
+    config.model.text.pool = "cls"
+    config.loss.kind = "softmax"
+    config.loss.label_smoothing = 0.1
+    config.model.temperature_init = 1.0  # ALIGN learns the temperature from 1
+
+
+def apply_lit(config: ml_collections.ConfigDict, checkpoint: str = "") -> None:
+    """LiT (Zhai et al. 2022): the image tower is loaded from `checkpoint` (or the
+    `init_from` given on the command line) and locked; only the text tower and the
+    temperature learn."""
+    config.model.frozen = ("image",)
+    config.init_parts = ("image",)
+    config.init_from = checkpoint

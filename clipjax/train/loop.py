@@ -18,9 +18,9 @@ from clipjax.data.loader import Prefetch, to_global, train_loader
 from clipjax.data.shards import DataStats
 from clipjax.data.tokenizers import build_tokenizer
 from clipjax.evaluate.runner import Evaluator
-from clipjax.losses import LossSpec
 from clipjax.metrics import MetricWriter, Throughput, print_progress, progress_line
 from clipjax.parallel import batch_sharding, build_mesh, rules_table
+from clipjax.train.objective import objective_from_config
 from clipjax.train.optim import build_optimizer, learning_rate_schedule
 from clipjax.train.preemption import Preempted, PreemptionWatch
 from clipjax.train.state import StatePlan, plan_train_state, state_as_dict, state_from_dict
@@ -60,9 +60,44 @@ def initial_state(config, plan: StatePlan, checkpoints: Checkpoints):
         return state_from_dict(restored.state), restored.loader, latest
     state = plan.init()
     if config.init_from:
-        params = load_params(config.init_from, plan.abstract.params)
-        state = state.replace(params=params)
+        parts = tuple(config.get("init_parts", ()))
+        loaded = load_params(config.init_from, plan.abstract.params, parts=parts)
+        state = state.replace(params={**state.params, **loaded})
     return state, None, 0
+
+
+def batch_ranks(config) -> dict[str, int]:
+    """Each batch entry's rank: images and tokens, or one vector per Symile modality."""
+    if config.data.source == "xor":
+        return {name: 2 for name in config.model.modalities}
+    return {"image": 4, "text": 2}
+
+
+def batch_source(config, tokenizer, stats: DataStats, state: dict | None):
+    """This process's `(batch, loader state)` pairs: webdataset pairs or the XOR task."""
+    if config.data.source != "xor":
+        return train_loader(config, tokenizer, stats, state)
+    return _xor_batches(config, state)
+
+
+def _xor_batches(config, state: dict | None):
+    """Symile's synthetic task: batch n is a pure function of (seed, n), so every
+    process slices the same global batch and the position survives any process count."""
+    from clipjax.data.synthetic import XorLoader
+
+    count, index = jax.process_count(), jax.process_index()
+    saved = list((state or {}).get("states", {}).values())
+    loader = XorLoader(
+        seed=config.seed,
+        batch_size=config.train.batch_size,
+        bits=config.data.xor_bits,
+        noise=config.data.xor_noise,
+        state=saved[0] if saved else None,
+        process_index=index,
+        process_count=count,
+    )
+    for batch, position in loader:
+        yield batch, {"streams": count, "states": {str(index): position}}
 
 
 def trim_metrics(workdir: Path, after_step: int) -> None:
@@ -107,7 +142,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
     rules = rules_table(config.sharding_rules)
     tokenizer = build_tokenizer(config.tokenizer)
     schedule = learning_rate_schedule(config.optim, config.train.steps)
-    tx = build_optimizer(config.optim, config.train.steps)
+    tx = build_optimizer(config.optim, config.train.steps, tuple(config.model.get("frozen", ())))
     plan = plan_train_state(config.model, config.seed, tx, mesh, rules)
 
     checkpoints = checkpoints_for(config, workdir)
@@ -121,17 +156,20 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
         return batch_sharding(mesh, rules, ndim)
 
     stats = DataStats()
-    batches = Prefetch(iter(train_loader(config, tokenizer, stats, loader_state)))
+    batches = Prefetch(iter(batch_source(config, tokenizer, stats, loader_state)))
     grad_fn = make_grad_fn(
         plan.spec,
-        LossSpec.from_config(config.loss),
+        objective_from_config(config, mesh, rules.get("batch")),
         mesh,
         rules.get("batch"),
         config.train.accum_steps,
+        frozen=tuple(config.model.get("frozen", ())),
     )
-    batch_shardings = {"image": sharding_for(4), "text": sharding_for(2)}
+    batch_shardings = {k: sharding_for(ndim) for k, ndim in batch_ranks(config).items()}
     normalize = pixel_normalizer(config.data.mean, config.data.std)
-    step_fn = make_train_step(grad_fn, tx, plan.shardings, batch_shardings, schedule, normalize)
+    step_fn = make_train_step(
+        grad_fn, tx, plan.shardings, batch_shardings, schedule, normalize, config.seed
+    )
     evaluator = Evaluator(config, plan.spec, tokenizer, sharding_for, plan.shardings.params)
 
     result = TrainResult(steps=config.train.steps, wall_seconds=0.0, start_step=start)

@@ -43,7 +43,23 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(decayed, params)
 
 
-def build_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+def build_optimizer(
+    cfg, total_steps: int, frozen: tuple[str, ...] = ()
+) -> optax.GradientTransformation:
+    """The optimizer of `cfg`; the top-level parameter groups in `frozen` (LiT's
+    locked tower) get zero updates and no optimizer state."""
+    trainable = _trainable_optimizer(cfg, total_steps)
+    if not frozen:
+        return trainable
+
+    # multi_transform masks each inner state: frozen leaves hold no moments.
+    return optax.multi_transform(
+        {False: trainable, True: optax.set_to_zero()},
+        lambda params: {k: jax.tree.map(lambda _, k=k: k in frozen, v) for k, v in params.items()},
+    )
+
+
+def _trainable_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     schedule = learning_rate_schedule(cfg, total_steps)
     if cfg.name == "adamw":
         core = optax.adamw(

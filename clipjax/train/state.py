@@ -56,19 +56,34 @@ def state_shardings(
     their parameter, everything else (counts, factored statistics) replicated."""
     replicated = NamedSharding(mesh, P())
     params = param_shardings(spec.logical_specs, abstract.params, mesh, rules)
-
-    def like_param(leaf, sharding, param):
-        return sharding if leaf.shape == param.shape else replicated
-
-    opt_state = optax.tree_utils.tree_map_params(
-        tx,
-        like_param,
-        abstract.opt_state,
-        params,
-        abstract.params,
-        transform_non_params=lambda _: replicated,
-    )
+    opt_state = _like_params(abstract.opt_state, params, abstract.params, replicated)
     return TrainState(step=replicated, params=params, opt_state=opt_state)
+
+
+def _path_key(path) -> tuple[str, ...]:
+    return tuple(str(getattr(e, "key", getattr(e, "name", getattr(e, "idx", e)))) for e in path)
+
+
+def _like_params(opt_state, shardings, abstract_params, replicated: NamedSharding):
+    """An optimizer leaf whose key path ends with a parameter's path and has its shape
+    (Adam's moments, also inside masked or partitioned states) is sharded like it."""
+    by_path = {}
+    for (path, sharding), leaf in zip(
+        jax.tree_util.tree_flatten_with_path(shardings)[0],
+        jax.tree.leaves(abstract_params),
+        strict=True,
+    ):
+        by_path[_path_key(path)] = (sharding, tuple(leaf.shape))
+
+    def one(path, leaf):
+        keys = _path_key(path)
+        for start in range(len(keys)):
+            hit = by_path.get(keys[start:])
+            if hit is not None and hit[1] == tuple(leaf.shape):
+                return hit[0]
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(one, opt_state)
 
 
 @dataclass(frozen=True)

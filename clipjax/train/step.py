@@ -1,4 +1,4 @@
-"""The jitted train step: forward both towers, contrastive loss, backward, update.
+"""The jitted train step: forward the model, its objective, backward, update.
 
 With `accum_steps = k > 1` the towers run on k micro-batches at a time, but the
 loss still contrasts the whole batch (GradCache): embed every micro-batch
@@ -19,12 +19,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from clipjax.losses import LossSpec, contrastive_loss
 from clipjax.models.two_tower import MAX_LOG_SCALE
 from clipjax.parallel import MeshAxes, axis_size
+from clipjax.train.objective import Objective
 from clipjax.train.state import ModelSpec, TrainState
 
-GradFn = Callable[[dict, dict], tuple[jax.Array, dict, dict]]
+GradFn = Callable[[dict, dict, jax.Array], tuple[jax.Array, dict, dict]]
 
 
 def clamp_log_scale(params: dict) -> dict:
@@ -49,23 +49,33 @@ def merge_micro(x: jax.Array, shards: int) -> jax.Array:
     return x.reshape(k * rows, *x.shape[3:])
 
 
+def freeze(params: dict, frozen: Sequence[str]) -> dict:
+    """Stops gradients into the `frozen` top-level parts (LiT's locked tower), so
+    XLA drops their backward pass; the optimizer gives them zero updates."""
+    return {k: jax.lax.stop_gradient(v) if k in frozen else v for k, v in params.items()}
+
+
+SCALARS = ("logit_scale", "logit_bias")
+
+
 def make_grad_fn(
-    spec: ModelSpec, loss_spec: LossSpec, mesh: Mesh, batch_axes: MeshAxes, accum_steps: int = 1
+    spec: ModelSpec,
+    objective: Objective,
+    mesh: Mesh,
+    batch_axes: MeshAxes,
+    accum_steps: int = 1,
+    frozen: Sequence[str] = (),
 ) -> GradFn:
-    """`grad_fn(params, batch) -> (loss, metrics, grads)`."""
+    """`grad_fn(params, batch, rng) -> (loss, metrics, grads)`; `objective` scores the
+    model's `train_outputs` (see train.objective)."""
 
-    def embed(params: dict, batch: dict):
-        return nnx.merge(spec.graphdef, params)(batch["image"], batch["text"])
+    def outputs(params: dict, batch: dict) -> dict:
+        return nnx.merge(spec.graphdef, params).train_outputs(batch)
 
-    def loss_of(image, text, log_scale, bias):
-        return contrastive_loss(
-            image, text, log_scale, bias, mesh=mesh, batch_axes=batch_axes, spec=loss_spec
-        )
-
-    def full_batch(params: dict, batch: dict):
+    def full_batch(params: dict, batch: dict, rng: jax.Array):
         def loss_fn(p):
-            image, text = embed(p, batch)
-            return loss_of(image, text, p["logit_scale"], p.get("logit_bias"))
+            p = freeze(p, frozen)
+            return objective(outputs(p, batch), p, rng)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return loss, metrics, grads
@@ -78,32 +88,38 @@ def make_grad_fn(
         spec_ = P(None, batch_axes, *([None] * (x.ndim - 2)))
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec_))
 
-    def accumulated(params: dict, batch: dict):
+    def embed(params: dict, batch: dict) -> dict:
+        out = outputs(freeze(params, frozen), batch)
+        if set(out) != {"embeddings"}:
+            raise ValueError(
+                f"train.accum_steps > 1 recomputes embeddings only; this model also returns "
+                f"{sorted(set(out) - {'embeddings'})}: set train.accum_steps=1"
+            )
+        return out["embeddings"]
+
+    def accumulated(params: dict, batch: dict, rng: jax.Array):
         micro = jax.tree.map(lambda x: constrain(split_micro(x, shards, accum_steps)), batch)
-        frozen = jax.lax.stop_gradient(params)
-        _, (images, texts) = jax.lax.scan(lambda c, mb: (c, embed(frozen, mb)), None, micro)
-        image, text = merge_micro(images, shards), merge_micro(texts, shards)
-        scalars = {k: params[k] for k in ("logit_scale", "logit_bias") if k in params}
+        frozen_params = jax.lax.stop_gradient(params)
+        _, stacked = jax.lax.scan(lambda c, mb: (c, embed(frozen_params, mb)), None, micro)
+        embeddings = jax.tree.map(lambda x: merge_micro(x, shards), stacked)
+        scalars = {k: params[k] for k in SCALARS if k in params}
 
-        def loss_of_embeddings(image, text, scalars):
-            return loss_of(image, text, scalars["logit_scale"], scalars.get("logit_bias"))
+        def loss_of_embeddings(embeddings, scalars):
+            return objective({"embeddings": embeddings}, scalars, rng)
 
-        (loss, metrics), (g_image, g_text, g_scalars) = jax.value_and_grad(
-            loss_of_embeddings, argnums=(0, 1, 2), has_aux=True
-        )(image, text, scalars)
+        (loss, metrics), (g_embeddings, g_scalars) = jax.value_and_grad(
+            loss_of_embeddings, argnums=(0, 1), has_aux=True
+        )(embeddings, scalars)
 
         def backward(acc, xs):
-            mb, gi, gt = xs
+            mb, cotangent = xs
             _, vjp = jax.vjp(lambda p: embed(p, mb), params)
-            return jax.tree.map(jnp.add, acc, vjp((gi, gt))[0]), None
+            return jax.tree.map(jnp.add, acc, vjp(cotangent)[0]), None
 
-        cotangents = (
-            constrain(split_micro(g_image, shards, accum_steps)),
-            constrain(split_micro(g_text, shards, accum_steps)),
+        cotangents = jax.tree.map(
+            lambda g: constrain(split_micro(g, shards, accum_steps)), g_embeddings
         )
-        grads, _ = jax.lax.scan(
-            backward, jax.tree.map(jnp.zeros_like, params), (micro, *cotangents)
-        )
+        grads, _ = jax.lax.scan(backward, jax.tree.map(jnp.zeros_like, params), (micro, cotangents))
         for name, g in g_scalars.items():
             grads[name] = grads[name] + g
         return loss, metrics, grads
@@ -132,14 +148,17 @@ def make_train_step(
     batch_shardings: dict,
     schedule: optax.Schedule,
     normalize: Callable[[jax.Array], jax.Array] | None = None,
+    seed: int = 0,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings and
-    the incoming state donated; `normalize` turns the batch's uint8 images to floats."""
+    the incoming state donated; `normalize` turns the batch's uint8 images to floats;
+    the loss's randomness is `fold_in(key(seed), step)`, the same on any mesh."""
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        if normalize is not None:
+        if normalize is not None and "image" in batch:
             batch = {**batch, "image": normalize(batch["image"])}
-        loss, metrics, grads = grad_fn(state.params, batch)
+        rng = jax.random.fold_in(jax.random.key(seed), state.step)
+        loss, metrics, grads = grad_fn(state.params, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = clamp_log_scale(optax.apply_updates(state.params, updates))
         metrics = {

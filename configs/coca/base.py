@@ -1,0 +1,50 @@
+"""CoCa-Base shape: a ViT-B/18 image encoder at 288 px, a 12 + 12 layer text decoder.
+
+    uv run clipjax train --config=configs/coca/base.py \
+        --config.data.train_shards='/data/{00000..41455}.tar'
+    uv run clipjax train --config=configs/coca/base.py:tiny   # digits, seconds on CPU
+
+CoCa (Yu et al. 2022): the decoder's first `unimodal_depth` layers are causal text-only
+self-attention with a learned CLS token appended, whose output is the contrastive text
+embedding; the remaining `multimodal_depth` layers also cross-attend to image tokens
+from an attentional pooler with `decoder_queries` queries. A second, one-query pooler
+gives the contrastive image embedding. Loss = 1.0 x contrastive + 2.0 x captioning
+(teacher-forced next-token cross-entropy, padding ignored).
+"""
+
+import ml_collections
+
+from clipjax.models.presets import clip_config, tiny_config
+
+
+def coca_group(unimodal: int, multimodal: int, queries: int, heads: int):
+    return ml_collections.ConfigDict(
+        dict(
+            unimodal_depth=unimodal,
+            multimodal_depth=multimodal,
+            decoder_queries=queries,
+            pool_heads=heads,
+            contrastive_weight=1.0,
+            caption_weight=2.0,
+        )
+    )
+
+
+def get_config(arg=None):
+    if arg not in (None, "tiny"):
+        raise ValueError(f"configs/coca/base.py has no variant {arg!r}; expected 'tiny'")
+    if arg == "tiny":
+        config = tiny_config()
+        with config.unlocked():
+            config.model.name = "coca"
+            config.model.coca = coca_group(1, 1, 16, 4)
+        return config
+    config = clip_config("vit_b16")
+    with config.unlocked():
+        config.model.name = "coca"
+        config.model.embed_dim = 768
+        config.model.image.update(dict(image_size=288, patch_size=18, act="gelu"))
+        config.data.image_size = 288
+        config.model.text.update(dict(width=768, depth=12, heads=12, act="gelu"))
+        config.model.coca = coca_group(12, 12, 256, 8)
+    return config
