@@ -123,7 +123,7 @@ def get_config(arg=None):
     c.distributed.init_timeout = 300  # seconds for every process to join
     c.distributed.heartbeat_timeout = 60  # a process silent this long stops the run
     c.distributed.shutdown_timeout = 60  # seconds to wait for the others at exit
-    c.init_from = ""  # params (only) from a checkpoint dir: fine-tuning, LiT
+    c.init_from = ""  # params (only) from a checkpoint dir or an HF CLIP dir: fine-tuning, LiT
     c.init_parts = ()  # the top-level groups init_from loads, e.g. ("image",); (): all
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

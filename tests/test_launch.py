@@ -154,7 +154,10 @@ def test_killing_one_process_stops_the_other_and_the_run_resumes(tmp_path, digit
     elapsed = time.monotonic() - killed_at
     output = (tmp_path / f"process-{1 - victim}.log").read_text()
     assert code != 0
-    assert "another task died" in output, output[-2000:]
+    # The coordinator's heartbeat reports the dead peer; when the kill lands inside a
+    # collective, gloo's transport aborts first on the torn message. Either stops the run.
+    stopped_by = ("another task died", "Received data size doesn't match", "Connection closed")
+    assert any(reason in output for reason in stopped_by), output[-2000:]
     print(f"survivor exited {code} after {elapsed:.1f} s")
 
     saved = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())

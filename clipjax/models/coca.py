@@ -36,6 +36,7 @@ from clipjax.models.layers import (
     REMAT_POLICIES,
     ZEROS,
     Attention,
+    AttentionalPooler,
     Mlp,
     Transformer,
     dtype_of,
@@ -47,25 +48,6 @@ from clipjax.models.layers import (
 )
 from clipjax.models.two_tower import l2_normalize
 from clipjax.models.vit import VisionTransformer
-
-
-class AttentionalPooler(nnx.Module):
-    """`queries` learned queries cross-attending to a token sequence, then LayerNorm."""
-
-    def __init__(self, width: int, queries: int, heads: int, *, dtype, param_dtype, rngs):
-        if queries < 1:
-            raise ValueError(f"an attentional pooler needs at least 1 query, got {queries}")
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        normal = nnx.initializers.normal(width**-0.5)
-        self.queries = param(rngs, normal, (queries, width), (None, "embed"), param_dtype)
-        self.attn = Attention(width, heads, **kw)
-        self.ln = layer_norm(width, **kw)
-
-    def __call__(self, tokens: jax.Array) -> jax.Array:
-        """`[B, T, width] -> [B, queries, width]`."""
-        queries = self.queries[...].astype(tokens.dtype)
-        queries = jnp.broadcast_to(queries, (tokens.shape[0], *queries.shape))
-        return self.ln(self.attn(queries, context=tokens))
 
 
 class MultimodalBlock(nnx.Module):

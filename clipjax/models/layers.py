@@ -174,6 +174,47 @@ class Block(nnx.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class AttentionalPooler(nnx.Module):
+    """`queries` learned queries cross-attending to a token sequence, then LayerNorm."""
+
+    def __init__(self, width: int, queries: int, heads: int, *, dtype, param_dtype, rngs):
+        if queries < 1:
+            raise ValueError(f"an attentional pooler needs at least 1 query, got {queries}")
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        normal = nnx.initializers.normal(width**-0.5)
+        self.queries = param(rngs, normal, (queries, width), (None, "embed"), param_dtype)
+        self.attn = Attention(width, heads, **kw)
+        self.ln = layer_norm(width, **kw)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        """`[B, T, width] -> [B, queries, width]`."""
+        queries = self.queries[...].astype(tokens.dtype)
+        queries = jnp.broadcast_to(queries, (tokens.shape[0], *queries.shape))
+        return self.ln(self.attn(queries, context=tokens))
+
+
+class MapHead(nnx.Module):
+    """Multihead attention pooling (big_vision's MAP head): one learned probe attends
+    over the tokens, then a residual MLP on its LayerNorm: `[B, T, w] -> [B, w]`."""
+
+    def __init__(
+        self, width: int, heads: int, mlp_ratio: float, act: str, *, dtype, param_dtype, rngs
+    ):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        normal = nnx.initializers.normal(width**-0.5)
+        self.probe = param(rngs, normal, (1, width), (None, "embed"), param_dtype)
+        self.attn = Attention(width, heads, **kw)
+        self.ln = layer_norm(width, **kw)
+        self.mlp = Mlp(width, mlp_width(width, mlp_ratio), act, **kw)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        probe = jnp.broadcast_to(
+            self.probe[...].astype(tokens.dtype), (tokens.shape[0], 1, tokens.shape[-1])
+        )
+        x = self.attn(probe, context=tokens)
+        return (x + self.mlp(self.ln(x)))[:, 0]
+
+
 REMAT_POLICIES = {
     "none": None,  # keep every activation
     "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block

@@ -79,7 +79,9 @@ def tiny_config() -> ml_collections.ConfigDict:
 
 def apply_siglip(config: ml_collections.ConfigDict) -> None:
     """SigLIP (Zhai et al. 2023): pairwise sigmoid loss with a learned bias, t' = log 10
-    and b = -10 at init; the text tower is bidirectional and pools its last token."""
+    and b = -10 at init; the image tower pools with a MAP head (no class token, no
+    ln_pre), the text tower is bidirectional and pools its last token."""
+    config.model.image.update(dict(pool="map", ln_pre=False, patch_bias=True))
     config.loss.kind = "sigmoid"
     config.model.temperature_init = 0.1  # scale t = exp(t') = 10
     config.model.logit_bias_init = -10.0

@@ -6,9 +6,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from clipjax.models.layers import ZEROS, Transformer, init, layer_norm, param, projection
+from clipjax.models.layers import (
+    ZEROS,
+    MapHead,
+    Transformer,
+    init,
+    layer_norm,
+    param,
+    projection,
+)
 
-POOLS = ("cls", "gap")
+POOLS = ("cls", "gap", "map")  # class token | mean of tokens | attention-pooled (MAP)
 
 
 class VisionTransformer(nnx.Module):
@@ -43,6 +51,8 @@ class VisionTransformer(nnx.Module):
             width, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.act, scan=scan, remat=remat, **kw
         )
         self.ln_post = layer_norm(width, **kw)
+        if cfg.pool == "map":
+            self.map_head = MapHead(width, cfg.heads, cfg.mlp_ratio, cfg.act, **kw)
         self.proj = projection(width, embed_dim, **kw)
         self.dtype = dtype
 
@@ -67,6 +77,8 @@ class VisionTransformer(nnx.Module):
         return self.ln_post(self._encode(images))
 
     def __call__(self, images: jax.Array) -> jax.Array:
+        if self.pool == "map":  # as big_vision: the encoder's final norm, then the head
+            return self.proj(self.map_head(self.tokens(images)))
         # Pools before ln_post, not over `tokens()`: "gap" averages un-normalised tokens.
         x = self._encode(images)
         pooled = x[:, 0] if self.pool == "cls" else x.mean(axis=1)

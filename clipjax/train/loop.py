@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from clipjax.checkpoint import Checkpoints, load_params
+from clipjax.checkpoint import Checkpoints
 from clipjax.config import save_config, validate
 from clipjax.data.loader import Prefetch, to_global, train_loader
 from clipjax.data.shards import DataStats
@@ -20,6 +20,7 @@ from clipjax.data.tokenizers import build_tokenizer
 from clipjax.evaluate.runner import Evaluator
 from clipjax.metrics import MetricWriter, Throughput, print_progress, progress_line
 from clipjax.parallel import batch_sharding, build_mesh, rules_table
+from clipjax.train.init_from import initial_params
 from clipjax.train.objective import objective_from_config
 from clipjax.train.optim import build_optimizer, learning_rate_schedule
 from clipjax.train.preemption import Preempted, PreemptionWatch
@@ -52,7 +53,8 @@ def checkpoints_for(config, workdir: Path) -> Checkpoints:
 
 def initial_state(config, plan: StatePlan, checkpoints: Checkpoints):
     """(state, this process's loader state or None, start step): the latest complete
-    checkpoint if there is one, else a fresh init (with `init_from`'s params)."""
+    checkpoint if there is one, else a fresh init (with `init_from`'s params: a clipjax
+    checkpoint or an HF CLIP directory, only `init_parts` if given)."""
     latest = checkpoints.latest_step()
     if latest is not None:
         restored = checkpoints.restore(latest, state_as_dict(plan.abstract))
@@ -61,7 +63,7 @@ def initial_state(config, plan: StatePlan, checkpoints: Checkpoints):
     state = plan.init()
     if config.init_from:
         parts = tuple(config.get("init_parts", ()))
-        loaded = load_params(config.init_from, plan.abstract.params, parts=parts)
+        loaded = initial_params(config, plan.abstract.params, parts)
         state = state.replace(params={**state.params, **loaded})
     return state, None, 0
 
