@@ -154,6 +154,21 @@ def test_default_model_is_not_exportable_to_hf(tmp_path):
         save_hf_clip(fake, cfg, tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("family", "message"),
+    [
+        ("configs/align/efficientnet_b3.py:tiny", r"kind='efficientnet'.*bidirectional"),
+        ("configs/siglip/vit_b16.py:tiny", r"bidirectional.*pool='map'.*logit bias"),
+        ("configs/coca/base.py:tiny", r"model.name='coca'"),
+        ("configs/symile/xor.py:tiny", r"model.name='symile'"),
+    ],
+)
+def test_other_families_are_refused_by_the_hf_export(tmp_path, family, message):
+    fake = {"logit_scale": np.zeros((), np.float32)}
+    with pytest.raises(ValueError, match=message):
+        save_hf_clip(fake, load_config(family).model, tmp_path)
+
+
 def test_missing_and_extra_weights_are_named(tmp_path):
     from safetensors.numpy import load_file, save_file
 

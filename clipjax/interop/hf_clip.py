@@ -220,10 +220,14 @@ def model_config_from_hf(hf: dict, base: ml_collections.ConfigDict) -> ml_collec
 
 def hf_config_from_model(model_cfg, logit_scale: float) -> dict:
     """An HF CLIPConfig dict for a clipjax model that has the HF architecture."""
+    if model_cfg.name != "clip":
+        raise ValueError(f"model.name={model_cfg.name!r} has no HF CLIP equivalent (only 'clip')")
     image, text = model_cfg.image, model_cfg.text
     problems = []
-    if model_cfg.name != "clip":
-        problems.append(f"model.name={model_cfg.name!r} (only 'clip')")
+    if image.get("kind", "vit") != "vit":
+        problems.append(f"image kind={image.kind!r} (HF CLIP: a ViT)")
+    if not text.get("causal", True):
+        problems.append("a bidirectional text encoder (HF CLIP's is causal)")
     if image.pool != "cls" or not image.ln_pre or image.patch_bias:
         problems.append(
             f"image pool={image.pool!r}, ln_pre={image.ln_pre}, patch_bias={image.patch_bias} "
