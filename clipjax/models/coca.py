@@ -25,28 +25,29 @@ Teacher forcing needs one pass: the decoder is causal, so running it on all of
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from clipjax.losses.caption import caption_loss
 from clipjax.models.layers import (
-    REMAT_POLICIES,
     ZEROS,
     Attention,
     AttentionalPooler,
     Mlp,
     Transformer,
+    check_remat,
     dtype_of,
     init,
     layer_norm,
     mlp_width,
     param,
     projection,
+    run_blocks,
+    stack_blocks,
 )
-from clipjax.models.two_tower import l2_normalize
+from clipjax.models.text import embed_tokens, text_embeddings
+from clipjax.models.two_tower import l2_normalize, log_scale_param, logit_bias_param
 from clipjax.models.vit import VisionTransformer
 
 
@@ -88,42 +89,18 @@ class MultimodalDecoder(nnx.Module):
         param_dtype,
         rngs: nnx.Rngs,
     ):
-        if remat not in REMAT_POLICIES:
-            raise ValueError(
-                f"remat={remat!r} is unknown; expected one of {sorted(REMAT_POLICIES)}"
-            )
-        self.scan, self.remat = scan, remat
+        check_remat(remat)
+        self.remat = remat
 
         def block(rngs: nnx.Rngs) -> MultimodalBlock:
             return MultimodalBlock(
                 width, heads, mlp_ratio, act, dtype=dtype, param_dtype=param_dtype, rngs=rngs
             )
 
-        if scan:
-            stack = nnx.vmap(
-                block, in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"}
-            )
-            self.blocks = nnx.split_rngs(splits=depth)(stack)(rngs)
-        else:
-            self.blocks = nnx.List([block(rngs) for _ in range(depth)])
+        self.blocks = stack_blocks(block, depth, scan=scan, rngs=rngs)
 
     def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
-        def apply(block: MultimodalBlock, x: jax.Array) -> jax.Array:
-            return block(x, context)
-
-        if self.remat != "none":
-            apply = nnx.remat(apply, policy=REMAT_POLICIES[self.remat])
-        if not self.scan:
-            for block in self.blocks:
-                x = apply(block, x)
-            return x
-        scanned = nnx.scan(
-            lambda x, block: apply(block, x),
-            in_axes=(nnx.Carry, 0),
-            out_axes=nnx.Carry,
-            transform_metadata={nnx.PARTITION_NAME: "layers"},
-        )
-        return scanned(x, self.blocks)
+        return run_blocks(self.blocks, x, context, remat=self.remat)
 
 
 def cls_mask(tokens: jax.Array, pad_id: int) -> jax.Array:
@@ -155,16 +132,8 @@ class UnimodalText(nnx.Module):
     ):
         width = cfg.width
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.token_embed = nnx.Embed(
-            cfg.vocab_size,
-            width,
-            embedding_init=init(nnx.initializers.normal(0.02), ("vocab", "embed")),
-            **kw,
-        )
+        self.token_embed, self.pos_embed = text_embeddings(cfg, **kw)
         normal = nnx.initializers.normal(0.01)
-        self.pos_embed = param(
-            rngs, normal, (cfg.context_length, width), (None, "embed"), param_dtype
-        )
         self.cls_embed = param(rngs, normal, (width,), ("embed",), param_dtype)
         self.encoder = Transformer(
             width, depth, cfg.heads, cfg.mlp_ratio, cfg.act, scan=scan, remat=remat, **kw
@@ -180,8 +149,7 @@ class UnimodalText(nnx.Module):
                 f"{tokens.shape[1]} text tokens; expected at most context_length="
                 f"{self.context_length}"
             )
-        x = self.token_embed(tokens)
-        return x + self.pos_embed[...][: tokens.shape[1]].astype(x.dtype)
+        return embed_tokens(self.token_embed, self.pos_embed, tokens)
 
     def hidden(self, tokens: jax.Array) -> jax.Array:
         """The text positions' outputs `[B, L, width]` (no CLS: no text position sees it)."""
@@ -235,13 +203,8 @@ class CoCa(nnx.Module):
             bias_init=init(ZEROS, ("vocab",)),
             **kw,
         )
-        log_scale = math.log(1.0 / cfg.temperature_init)
-        self.logit_scale = param(rngs, nnx.initializers.constant(log_scale), (), (), jnp.float32)
-        if cfg.get("logit_bias_init") is not None:
-            bias = nnx.initializers.constant(cfg.logit_bias_init)
-            self.logit_bias = param(rngs, bias, (), (), jnp.float32)
-        else:
-            self.logit_bias = None
+        self.logit_scale = log_scale_param(cfg, rngs)
+        self.logit_bias = logit_bias_param(cfg, rngs)
         self.pad_id = cfg.text.get("pad_id", 0)
         self.context_length = cfg.text.context_length
 

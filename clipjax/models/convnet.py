@@ -26,7 +26,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from clipjax.models.layers import ACTIVATIONS, ONES, REMAT_POLICIES, ZEROS, init, projection
+from clipjax.models.layers import (
+    ACTIVATIONS,
+    ONES,
+    ZEROS,
+    check_remat,
+    init,
+    projection,
+    run_blocks,
+)
 
 KINDS = ("efficientnet",)
 DIVISOR = 8  # channel counts are rounded to multiples of this
@@ -181,10 +189,6 @@ class MBConv(nnx.Module):
         return x + h if self.residual else h
 
 
-def _apply_block(block: MBConv, x: jax.Array) -> jax.Array:
-    return block(x)
-
-
 class EfficientNet(nnx.Module):
     """Stem, scaled MBConv stages, head conv, global average pool, projection.
 
@@ -227,11 +231,7 @@ class EfficientNet(nnx.Module):
     def features(self, images: jax.Array) -> jax.Array:
         """The pooled backbone output before the projection: `[B, head channels]`."""
         x = self.act(self.stem_norm(self.stem(images.astype(self.dtype))))
-        apply = _apply_block
-        if self.remat != "none":
-            apply = nnx.remat(apply, policy=REMAT_POLICIES[self.remat])
-        for block in self.blocks:
-            x = apply(block, x)
+        x = run_blocks(self.blocks, x, remat=self.remat)
         x = self.act(self.head_norm(self.head(x)))
         return x.astype(jnp.float32).mean(axis=(1, 2)).astype(x.dtype)
 
@@ -243,8 +243,7 @@ def _check(cfg, remat: str) -> None:
     kind = cfg.get("kind", "efficientnet")
     if kind not in KINDS:
         raise ValueError(f"image.kind={kind!r} is not an EfficientNet; expected one of {KINDS}")
-    if remat not in REMAT_POLICIES:
-        raise ValueError(f"remat={remat!r} is unknown; expected one of {sorted(REMAT_POLICIES)}")
+    check_remat(remat)
     if cfg.act not in ACTIVATIONS:
         raise ValueError(f"image.act={cfg.act!r} is unknown; expected one of {sorted(ACTIVATIONS)}")
     for field in ("width_coefficient", "depth_coefficient"):

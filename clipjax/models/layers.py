@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -222,9 +222,48 @@ REMAT_POLICIES = {
 }
 
 
+def check_remat(remat: str) -> None:
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat={remat!r} is unknown; expected one of {sorted(REMAT_POLICIES)}")
+
+
+def stack_blocks(make_block: Callable[[nnx.Rngs], nnx.Module], depth: int, *, scan: bool, rngs):
+    """`depth` blocks from `make_block(rngs)`: an `nnx.List` (unrolled) or, with `scan`,
+    one block whose parameters are stacked on a leading `layers` axis."""
+    if scan and depth:
+        stack = nnx.vmap(
+            make_block, in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"}
+        )
+        return nnx.split_rngs(splits=depth)(stack)(rngs)
+    return nnx.List([make_block(rngs) for _ in range(depth)])
+
+
+def run_blocks(blocks: nnx.Module, x: jax.Array, *args, remat: str = "none", **kwargs):
+    """`x` through `blocks` from `stack_blocks`, each called as `block(x, *args, **kwargs)`:
+    a loop over a list, `nnx.scan` over stacked blocks (one compiled block however deep);
+    `remat` rematerialises each block in the backward pass."""
+
+    def apply(block: nnx.Module, x: jax.Array) -> jax.Array:
+        return block(x, *args, **kwargs)
+
+    if remat != "none":
+        apply = nnx.remat(apply, policy=REMAT_POLICIES[remat])
+    if isinstance(blocks, nnx.List):
+        for block in blocks:
+            x = apply(block, x)
+        return x
+    scanned = nnx.scan(
+        lambda x, block: apply(block, x),
+        in_axes=(nnx.Carry, 0),
+        out_axes=nnx.Carry,
+        transform_metadata={nnx.PARTITION_NAME: "layers"},
+    )
+    return scanned(x, blocks)
+
+
 class Transformer(nnx.Module):
-    """`depth` blocks, either unrolled or stacked on a leading `layers` axis and run
-    with `nnx.scan` (one compiled block however deep), optionally rematerialised."""
+    """`depth` pre-LN blocks, unrolled or scanned (`stack_blocks`), optionally
+    rematerialised."""
 
     def __init__(
         self,
@@ -240,11 +279,7 @@ class Transformer(nnx.Module):
         param_dtype,
         rngs: nnx.Rngs,
     ):
-        if remat not in REMAT_POLICIES:
-            raise ValueError(
-                f"remat={remat!r} is unknown; expected one of {sorted(REMAT_POLICIES)}"
-            )
-        self.scan = scan
+        check_remat(remat)
         self.remat = remat
 
         def block(rngs: nnx.Rngs) -> Block:
@@ -252,39 +287,13 @@ class Transformer(nnx.Module):
                 width, heads, mlp_ratio, act, dtype=dtype, param_dtype=param_dtype, rngs=rngs
             )
 
-        if scan:
-            stack = nnx.vmap(
-                block, in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"}
-            )
-            self.blocks = nnx.split_rngs(splits=depth)(stack)(rngs)
-        else:
-            self.blocks = nnx.List([block(rngs) for _ in range(depth)])
+        self.blocks = stack_blocks(block, depth, scan=scan, rngs=rngs)
 
     def __call__(
         self, x: jax.Array, causal: bool = False, mask: jax.Array | None = None
     ) -> jax.Array:
         """`mask`: boolean `[batch, 1, queries, keys]` (True attends), e.g. key padding."""
-
-        def apply(block: Block, x: jax.Array) -> jax.Array:
-            return block(x, causal=causal, mask=mask)
-
-        if self.remat != "none":
-            apply = nnx.remat(apply, policy=REMAT_POLICIES[self.remat])
-        if not self.scan:
-            for block in self.blocks:
-                x = apply(block, x)
-            return x
-
-        def body(x, block):
-            return apply(block, x)
-
-        scanned = nnx.scan(
-            body,
-            in_axes=(nnx.Carry, 0),
-            out_axes=nnx.Carry,
-            transform_metadata={nnx.PARTITION_NAME: "layers"},
-        )
-        return scanned(x, self.blocks)
+        return run_blocks(self.blocks, x, remat=self.remat, causal=causal, mask=mask)
 
 
 def dtype_of(name: str) -> jnp.dtype:

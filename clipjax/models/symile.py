@@ -8,23 +8,21 @@ alphabetical.
 
 from __future__ import annotations
 
-import math
-
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from clipjax.models.layers import (
     ACTIVATIONS,
-    REMAT_POLICIES,
     ZEROS,
+    check_remat,
     dtype_of,
     init,
     layer_norm,
-    param,
     projection,
+    run_blocks,
+    stack_blocks,
 )
-from clipjax.models.two_tower import l2_normalize
+from clipjax.models.two_tower import l2_normalize, log_scale_param
 
 
 class ResidualMlpBlock(nnx.Module):
@@ -53,14 +51,11 @@ class MlpTower(nnx.Module):
     def __init__(
         self, cfg, embed_dim: int, *, scan: bool, remat: str, dtype, param_dtype, rngs: nnx.Rngs
     ):
-        if remat not in REMAT_POLICIES:
-            raise ValueError(
-                f"remat={remat!r} is unknown; expected one of {sorted(REMAT_POLICIES)}"
-            )
+        check_remat(remat)
         if cfg.depth < 0:
             raise ValueError(f"mlp tower depth={cfg.depth} must be >= 0")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.input_dim, self.scan, self.remat, self.dtype = cfg.input_dim, scan, remat, dtype
+        self.input_dim, self.remat, self.dtype = cfg.input_dim, remat, dtype
         self.stem = nnx.Linear(
             cfg.input_dim,
             cfg.width,
@@ -72,40 +67,15 @@ class MlpTower(nnx.Module):
         def block(rngs: nnx.Rngs) -> ResidualMlpBlock:
             return ResidualMlpBlock(cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-        if scan and cfg.depth:
-            stack = nnx.vmap(
-                block, in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"}
-            )
-            self.blocks = nnx.split_rngs(splits=cfg.depth)(stack)(rngs)
-        else:
-            self.scan = False
-            self.blocks = nnx.List([block(rngs) for _ in range(cfg.depth)])
+        self.blocks = stack_blocks(block, cfg.depth, scan=scan, rngs=rngs)
         self.norm = layer_norm(cfg.width, **kw)
         self.proj = projection(cfg.width, embed_dim, **kw)
-
-    def _run_blocks(self, x: jax.Array) -> jax.Array:
-        def apply(block: ResidualMlpBlock, x: jax.Array) -> jax.Array:
-            return block(x)
-
-        if self.remat != "none":
-            apply = nnx.remat(apply, policy=REMAT_POLICIES[self.remat])
-        if not self.scan:
-            for block in self.blocks:
-                x = apply(block, x)
-            return x
-        scanned = nnx.scan(
-            lambda x, block: apply(block, x),
-            in_axes=(nnx.Carry, 0),
-            out_axes=nnx.Carry,
-            transform_metadata={nnx.PARTITION_NAME: "layers"},
-        )
-        return scanned(x, self.blocks)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise ValueError(f"mlp tower expects [B, {self.input_dim}] inputs, got {x.shape}")
         x = self.stem(x.astype(self.dtype))
-        return self.proj(self.norm(self._run_blocks(x)))
+        return self.proj(self.norm(run_blocks(self.blocks, x, remat=self.remat)))
 
 
 TOWERS = {"mlp": MlpTower}
@@ -138,8 +108,7 @@ class Symile(nnx.Module):
                 )
             towers[name] = TOWERS[tower_cfg.kind](tower_cfg, cfg.embed_dim, **kw)
         self.towers = nnx.Dict(towers)
-        log_scale = math.log(1.0 / cfg.temperature_init)
-        self.logit_scale = param(rngs, nnx.initializers.constant(log_scale), (), (), jnp.float32)
+        self.logit_scale = log_scale_param(cfg, rngs)
 
     def encode(self, name: str, x: jax.Array) -> jax.Array:
         """L2-normalised float32 `[B, embed_dim]` embeddings of modality `name`."""

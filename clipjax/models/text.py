@@ -26,6 +26,26 @@ def end_positions(tokens: jax.Array, pool: str, pad_id: int = 0, eos_id: int = -
     return jnp.argmax(tokens, axis=-1)
 
 
+def text_embeddings(cfg, *, dtype, param_dtype, rngs: nnx.Rngs) -> tuple[nnx.Embed, nnx.Param]:
+    """Token embeddings `[vocab, width]` and learned positions `[context_length, width]`."""
+    token_embed = nnx.Embed(
+        cfg.vocab_size,
+        cfg.width,
+        embedding_init=init(nnx.initializers.normal(0.02), ("vocab", "embed")),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
+    positions = (cfg.context_length, cfg.width)
+    normal = nnx.initializers.normal(0.01)
+    return token_embed, param(rngs, normal, positions, (None, "embed"), param_dtype)
+
+
+def embed_tokens(token_embed: nnx.Embed, pos_embed: nnx.Param, tokens: jax.Array) -> jax.Array:
+    x = token_embed(tokens)
+    return x + pos_embed[...][: tokens.shape[1]].astype(x.dtype)
+
+
 class TextTransformer(nnx.Module):
     """Token + position embedding, encoder, final LN, pooling, projection.
 
@@ -52,19 +72,7 @@ class TextTransformer(nnx.Module):
             )
         width = cfg.width
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.token_embed = nnx.Embed(
-            cfg.vocab_size,
-            width,
-            embedding_init=init(nnx.initializers.normal(0.02), ("vocab", "embed")),
-            **kw,
-        )
-        self.pos_embed = param(
-            rngs,
-            nnx.initializers.normal(0.01),
-            (cfg.context_length, width),
-            (None, "embed"),
-            param_dtype,
-        )
+        self.token_embed, self.pos_embed = text_embeddings(cfg, **kw)
         self.encoder = Transformer(
             width, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.act, scan=scan, remat=remat, **kw
         )
@@ -74,8 +82,7 @@ class TextTransformer(nnx.Module):
         self.eos_id = cfg.get("eos_id", -1)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        x = self.token_embed(tokens)
-        x = x + self.pos_embed[...][: tokens.shape[1]].astype(x.dtype)
+        x = embed_tokens(self.token_embed, self.pos_embed, tokens)
         # Key padding mask [B, 1, 1, L]; the causal mask already hides later padding.
         mask = None if self.causal else (tokens != self.pad_id)[:, None, None, :]
         x = self.ln_final(self.encoder(x, causal=self.causal, mask=mask))

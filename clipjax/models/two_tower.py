@@ -29,6 +29,19 @@ def image_tower_class(image_cfg) -> type[nnx.Module]:
     return IMAGE_TOWERS[kind]
 
 
+def log_scale_param(cfg, rngs: nnx.Rngs) -> nnx.Param:
+    """The learned log inverse temperature, log(1 / `cfg.temperature_init`)."""
+    log_scale = math.log(1.0 / cfg.temperature_init)
+    return param(rngs, nnx.initializers.constant(log_scale), (), (), jnp.float32)
+
+
+def logit_bias_param(cfg, rngs: nnx.Rngs) -> nnx.Param | None:
+    """SigLIP's learned bias when `cfg.logit_bias_init` is set, else None."""
+    if cfg.get("logit_bias_init") is None:
+        return None
+    return param(rngs, nnx.initializers.constant(cfg.logit_bias_init), (), (), jnp.float32)
+
+
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     x = x.astype(jnp.float32)
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
@@ -50,13 +63,8 @@ class TwoTower(nnx.Module):
         )
         self.image = image_tower_class(cfg.image)(cfg.image, cfg.embed_dim, **kw)
         self.text = TextTransformer(cfg.text, cfg.embed_dim, **kw)
-        log_scale = math.log(1.0 / cfg.temperature_init)
-        self.logit_scale = param(rngs, nnx.initializers.constant(log_scale), (), (), jnp.float32)
-        if cfg.get("logit_bias_init") is not None:
-            init = nnx.initializers.constant(cfg.logit_bias_init)
-            self.logit_bias = param(rngs, init, (), (), jnp.float32)
-        else:
-            self.logit_bias = None
+        self.logit_scale = log_scale_param(cfg, rngs)
+        self.logit_bias = logit_bias_param(cfg, rngs)
 
     def encode_image(self, images: jax.Array) -> jax.Array:
         return l2_normalize(self.image(images))

@@ -109,4 +109,4 @@ def _multi_modal(spec: ObjectiveSpec, embeddings: dict, log_scale, rng):
         loss, metrics = symile_loss(
             values, log_scale, negatives=spec.symile_negatives, rng=rng, names=names
         )
-    return loss, {**metrics, "temperature": jnp.exp(-log_scale.astype(jnp.float32))}
+    return loss, metrics  # both report each term and the temperature

@@ -48,7 +48,6 @@ def model_spec(model_cfg) -> ModelSpec:
 def state_shardings(
     spec: ModelSpec,
     abstract: TrainState,
-    tx: optax.GradientTransformation,
     mesh: Mesh,
     rules: dict[str, MeshAxes],
 ) -> TrainState:
@@ -111,7 +110,7 @@ def plan_train_state(
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     abstract = jax.eval_shape(init)
-    shardings = state_shardings(spec, abstract, tx, mesh, rules)
+    shardings = state_shardings(spec, abstract, mesh, rules)
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
