@@ -295,3 +295,19 @@ def train_loader(
             state=states.get(j),
         )
     return StreamGroup(loaders, count)
+
+
+def batch_ranks(config) -> dict[str, int]:
+    """Each batch entry's rank: images and tokens, or one vector per Symile modality."""
+    if config.data.source == "xor":
+        return {name: 2 for name in config.model.modalities}
+    return {"image": 4, "text": 2}
+
+
+def batch_source(config, tokenizer, stats: DataStats, state: dict | None):
+    """This process's `(batch, loader state)` pairs: webdataset pairs or the XOR task."""
+    if config.data.source != "xor":
+        return train_loader(config, tokenizer, stats, state)
+    from clipjax.data.synthetic import xor_train_batches
+
+    return xor_train_batches(config, state)

@@ -146,3 +146,24 @@ class XorLoader:
             )
             self.batches += 1
             yield {name: x[self.rows] for name, x in batch.items()}, self.state()
+
+
+def xor_train_batches(config, state: dict | None) -> Iterator[tuple[dict, dict]]:
+    """The trainer's XOR batches with their loader state in the checkpoint's per-stream
+    layout (`data.xor_bits`, `data.xor_noise`). Batch n is a pure function of (seed, n), so every
+    process slices the same global batch and the position survives any process count."""
+    import jax
+
+    count, index = jax.process_count(), jax.process_index()
+    saved = list((state or {}).get("states", {}).values())
+    loader = XorLoader(
+        seed=config.seed,
+        batch_size=config.train.batch_size,
+        bits=config.data.xor_bits,
+        noise=config.data.xor_noise,
+        state=saved[0] if saved else None,
+        process_index=index,
+        process_count=count,
+    )
+    for batch, position in loader:
+        yield batch, {"streams": count, "states": {str(index): position}}

@@ -14,7 +14,7 @@ import ml_collections
 
 from clipjax.checkpoint import Checkpoints
 from clipjax.config import save_config, validate
-from clipjax.data.loader import Prefetch, to_global, train_loader
+from clipjax.data.loader import Prefetch, batch_ranks, batch_source, to_global
 from clipjax.data.shards import DataStats
 from clipjax.data.tokenizers import build_tokenizer
 from clipjax.evaluate.runner import Evaluator
@@ -68,40 +68,6 @@ def initial_state(config, plan: StatePlan, checkpoints: Checkpoints):
     return state, None, 0
 
 
-def batch_ranks(config) -> dict[str, int]:
-    """Each batch entry's rank: images and tokens, or one vector per Symile modality."""
-    if config.data.source == "xor":
-        return {name: 2 for name in config.model.modalities}
-    return {"image": 4, "text": 2}
-
-
-def batch_source(config, tokenizer, stats: DataStats, state: dict | None):
-    """This process's `(batch, loader state)` pairs: webdataset pairs or the XOR task."""
-    if config.data.source != "xor":
-        return train_loader(config, tokenizer, stats, state)
-    return _xor_batches(config, state)
-
-
-def _xor_batches(config, state: dict | None):
-    """Symile's synthetic task: batch n is a pure function of (seed, n), so every
-    process slices the same global batch and the position survives any process count."""
-    from clipjax.data.synthetic import XorLoader
-
-    count, index = jax.process_count(), jax.process_index()
-    saved = list((state or {}).get("states", {}).values())
-    loader = XorLoader(
-        seed=config.seed,
-        batch_size=config.train.batch_size,
-        bits=config.data.xor_bits,
-        noise=config.data.xor_noise,
-        state=saved[0] if saved else None,
-        process_index=index,
-        process_count=count,
-    )
-    for batch, position in loader:
-        yield batch, {"streams": count, "states": {str(index): position}}
-
-
 def trim_metrics(workdir: Path, after_step: int) -> None:
     """Drops logged rows past the resumed step: the resumed run logs them again."""
     path = workdir / "metrics.jsonl"
@@ -144,7 +110,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
     rules = rules_table(config.sharding_rules)
     tokenizer = build_tokenizer(config.tokenizer)
     schedule = learning_rate_schedule(config.optim, config.train.steps)
-    tx = build_optimizer(config.optim, config.train.steps, tuple(config.model.get("frozen", ())))
+    frozen = tuple(config.model.get("frozen", ()))
+    tx = build_optimizer(config.optim, config.train.steps, frozen)
     plan = plan_train_state(config.model, config.seed, tx, mesh, rules)
 
     checkpoints = checkpoints_for(config, workdir)
@@ -165,7 +132,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
         mesh,
         rules.get("batch"),
         config.train.accum_steps,
-        frozen=tuple(config.model.get("frozen", ())),
+        frozen=frozen,
     )
     batch_shardings = {k: sharding_for(ndim) for k, ndim in batch_ranks(config).items()}
     normalize = pixel_normalizer(config.data.mean, config.data.std)
