@@ -1,29 +1,93 @@
 """Compile time of the full train step, scanned vs unrolled transformer blocks.
 
     uv run python bench/compile_time.py [--size vit_b16] [--batch 8] [--repeats 1]
+        [--fsdp 1] [--remat none] [--phases]
 
 Builds OpenAI's CLIP size (image and text towers, 12 layers each for ViT-B/16),
-AdamW, the softmax loss, and times `jit(step).lower(...)` and `.compile()` on
-one device for `model.scan_layers` False and True, alternating. Prints a
-Markdown table for BENCHMARKS.md.
+AdamW, the softmax loss, and times `jit(step).lower(...)` and `.compile()` for
+`model.scan_layers` False and True, alternating. `--fsdp N` compiles for an
+fsdp mesh of N simulated CPU devices (the batch is per device). `--phases`
+splits `.compile()` with XLA's own timers, read from its log: HLO passes, the
+backend (kernel emission + LLVM), how many LLVM kernel modules it built, and
+how many fusions reused an already-built kernel instead.
+Prints a Markdown table for BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
+import tempfile
 import time
 
+UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0}
+TIME = r"time: ([0-9.]+) (us|ms|s|min)\b"
 
-def main() -> None:
+
+def parse_xla_log(text: str, module: str = "jit_step") -> dict:
+    """XLA:CPU's phase timers for `module` from its VLOG output: seconds in HLO passes,
+    seconds in the backend, and the number of LLVM kernel modules it compiled."""
+    hlo = re.search(rf"Running HLO passes on \[{module}\] for CPU {TIME}", text)
+    backend = re.search(rf"Compiling \[{module}\] for CPU using JIT {TIME}", text)
+    start = text.find(f"Compiling: {module}")
+    if not (hlo and backend) or start < 0:
+        raise RuntimeError(
+            f"XLA's log has no compile timers for {module!r}; is jaxlib's CPU backend in use?"
+        )
+    kernels = len(re.findall(r"Compiled LLVM module: ", text[start:]))
+    reused = len(re.findall(r"Reusing kernel: ", text[start:]))
+    return {
+        "hlo": float(hlo.group(1)) * UNITS[hlo.group(2)],
+        "backend": float(backend.group(1)) * UNITS[backend.group(2)],
+        "kernels": kernels,
+        "reused": reused,
+    }
+
+
+class CapturedStderr:
+    """Redirects file descriptor 2 (where XLA's C++ logging goes) into a temp file."""
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self._file = tempfile.TemporaryFile(mode="w+b")
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._file.seek(0)
+        self.text = self._file.read().decode(errors="replace")
+        self._file.close()
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="vit_b16", choices=["vit_b32", "vit_b16", "vit_l14"])
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=8, help="images per device")
     parser.add_argument("--repeats", type=int, default=1)
-    args = parser.parse_args()
+    parser.add_argument("--fsdp", type=int, default=1, help="simulated CPU devices (fsdp axis)")
+    parser.add_argument("--remat", default="none", choices=["none", "full", "dots"])
+    parser.add_argument("--phases", action="store_true", help="split compile by XLA's timers")
+    return parser.parse_args()
 
+
+def configure_environment(args: argparse.Namespace) -> None:
+    """XLA reads its flags and log levels once, at import: set them first."""
+    if args.fsdp > 1:
+        flag = f"--xla_force_host_platform_device_count={args.fsdp}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+    if args.phases:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        os.environ["TF_CPP_VMODULE"] = "cpu_compiler=1,ir_compiler=1,thunk_emitter=1"
+
+
+def build_steps(args: argparse.Namespace) -> tuple[dict, dict]:
     import jax
     import jax.numpy as jnp
 
@@ -36,15 +100,18 @@ def main() -> None:
     from clipjax.train.step import make_grad_fn, make_train_step
 
     config = load_config(f"configs/clip/{args.size}.py")
-    mesh = build_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    config.model.remat = args.remat
+    devices = jax.devices()[: args.fsdp]
+    mesh = build_mesh({"data": 1, "fsdp": args.fsdp, "tensor": 1}, devices)
     rules = rules_table(config.sharding_rules)
     size = config.model.image.image_size
+    rows = args.batch * args.fsdp
     shardings = {"image": batch_sharding(mesh, rules, 4), "text": batch_sharding(mesh, rules, 2)}
     batch = {
         "image": jax.ShapeDtypeStruct(
-            (args.batch, size, size, 3), jnp.float32, sharding=shardings["image"]
+            (rows, size, size, 3), jnp.float32, sharding=shardings["image"]
         ),
-        "text": jax.ShapeDtypeStruct((args.batch, 77), jnp.int32, sharding=shardings["text"]),
+        "text": jax.ShapeDtypeStruct((rows, 77), jnp.int32, sharding=shardings["text"]),
     }
     tx = build_optimizer(config.optim, 1000)
     schedule = learning_rate_schedule(config.optim, 1000)
@@ -55,28 +122,59 @@ def main() -> None:
         objective = objective_from_config(config, mesh, rules.get("batch"))
         grad_fn = make_grad_fn(spec, objective, mesh, rules.get("batch"))
         steps[scan] = (make_train_step(grad_fn, tx, state_sh, shardings, schedule), state)
+    return steps, batch
+
+
+def time_compile(step, state, batch, phases: bool) -> dict:
+    import jax
+
+    jax.clear_caches()
+    with CapturedStderr() as log:
+        start = time.perf_counter()
+        lowered = step.lower(state, batch)
+        lowered_at = time.perf_counter()
+        lowered.compile()
+        done = time.perf_counter()
+    run = {"lower": lowered_at - start, "compile": done - lowered_at}
+    if phases:
+        run.update(parse_xla_log(log.text))
+    return run
+
+
+def print_table(args: argparse.Namespace, results: dict) -> None:
+    import jax
+
+    print(
+        f"{args.size}, {args.batch} images/device, fsdp={args.fsdp}, remat={args.remat}, "
+        f"{jax.devices()[0].device_kind}, jax {jax.__version__}\n"
+    )
+    columns = ["lower", "compile"] + (
+        ["hlo", "backend", "kernels", "reused"] if args.phases else []
+    )
+    counts = {"kernels": "kernels built", "reused": "kernels reused"}
+    names = {"hlo": "HLO passes (s)", "backend": "backend (s)", **counts}
+    header = [names.get(c, f"{c} (s)") for c in columns]
+    print("| blocks | " + " | ".join(header) + " | total (s) |")
+    print("|---|" + "---:|" * (len(columns) + 1))
+    totals = {}
+    for scan, runs in results.items():
+        medians = {c: statistics.median(r[c] for r in runs) for c in columns}
+        totals[scan] = medians["lower"] + medians["compile"]
+        cells = [f"{medians[c]:.0f}" if c in counts else f"{medians[c]:.2f}" for c in columns]
+        name = "scanned" if scan else "unrolled"
+        print(f"| {name} | " + " | ".join(cells) + f" | {totals[scan]:.2f} |")
+    print(f"\nscanned compiles {totals[False] / totals[True]:.2f}x faster than unrolled")
+
+
+def main() -> None:
+    args = parse_args()
+    configure_environment(args)
+    steps, batch = build_steps(args)
     results = {False: [], True: []}
     for _ in range(args.repeats):
         for scan, (step, state) in steps.items():
-            jax.clear_caches()
-            start = time.perf_counter()
-            lowered = step.lower(state, batch)
-            lowered_at = time.perf_counter()
-            lowered.compile()
-            results[scan].append((lowered_at - start, time.perf_counter() - lowered_at))
-    print(
-        f"{args.size}, batch {args.batch}, {jax.devices()[0].device_kind}, jax {jax.__version__}\n"
-    )
-    print("| blocks | lower (s) | compile (s) | total (s) |")
-    print("|---|---:|---:|---:|")
-    totals = {}
-    for scan, runs in results.items():
-        lower = statistics.median(r[0] for r in runs)
-        compile_ = statistics.median(r[1] for r in runs)
-        totals[scan] = lower + compile_
-        name = "scanned" if scan else "unrolled"
-        print(f"| {name} | {lower:.1f} | {compile_:.1f} | {totals[scan]:.1f} |")
-    print(f"\nscanned compiles {totals[False] / totals[True]:.1f}x faster than unrolled")
+            results[scan].append(time_compile(step, state, batch, args.phases))
+    print_table(args, results)
 
 
 if __name__ == "__main__":
