@@ -1,12 +1,13 @@
 """Compile time of the full train step, scanned vs unrolled transformer blocks.
 
     uv run python bench/compile_time.py [--size vit_b16] [--batch 8] [--repeats 1]
-        [--fsdp 1] [--remat none] [--phases]
+        [--fsdp 1] [--remat none] [--phases] [--grad-only]
 
 Builds OpenAI's CLIP size (image and text towers, 12 layers each for ViT-B/16),
 AdamW, the softmax loss, and times `jit(step).lower(...)` and `.compile()` for
 `model.scan_layers` False and True, alternating. `--fsdp N` compiles for an
-fsdp mesh of N simulated CPU devices (the batch is per device). `--phases`
+fsdp mesh of N simulated CPU devices (the batch is per device); `--grad-only`
+compiles the loss gradient alone, without the optimizer update. `--phases`
 splits `.compile()` with XLA's own timers, read from its log: HLO passes, the
 backend (kernel emission + LLVM), how many LLVM kernel modules it built, and
 how many fusions reused an already-built kernel instead.
@@ -74,6 +75,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--fsdp", type=int, default=1, help="simulated CPU devices (fsdp axis)")
     parser.add_argument("--remat", default="none", choices=["none", "full", "dots"])
     parser.add_argument("--phases", action="store_true", help="split compile by XLA's timers")
+    parser.add_argument(
+        "--grad-only", action="store_true", help="compile the loss gradient without AdamW"
+    )
     return parser.parse_args()
 
 
@@ -87,7 +91,8 @@ def configure_environment(args: argparse.Namespace) -> None:
         os.environ["TF_CPP_VMODULE"] = "cpu_compiler=1,ir_compiler=1,thunk_emitter=1"
 
 
-def build_steps(args: argparse.Namespace) -> tuple[dict, dict]:
+def build_steps(args: argparse.Namespace) -> dict:
+    """`{scan: (jitted function, its arguments, XLA module name)}`."""
     import jax
     import jax.numpy as jnp
 
@@ -121,31 +126,40 @@ def build_steps(args: argparse.Namespace) -> tuple[dict, dict]:
         spec, state, state_sh = create_train_state(config.model, 0, tx, mesh, rules)
         objective = objective_from_config(config, mesh, rules.get("batch"))
         grad_fn = make_grad_fn(spec, objective, mesh, rules.get("batch"))
-        steps[scan] = (make_train_step(grad_fn, tx, state_sh, shardings, schedule), state)
-    return steps, batch
+        if args.grad_only:
+            steps[scan] = (
+                jax.jit(grad_fn),
+                (state.params, batch, jax.random.key(0)),
+                "jit_full_batch",
+            )
+        else:
+            step = make_train_step(grad_fn, tx, state_sh, shardings, schedule)
+            steps[scan] = (step, (state, batch), "jit_step")
+    return steps
 
 
-def time_compile(step, state, batch, phases: bool) -> dict:
+def time_compile(function, arguments: tuple, module: str, phases: bool) -> dict:
     import jax
 
     jax.clear_caches()
     with CapturedStderr() as log:
         start = time.perf_counter()
-        lowered = step.lower(state, batch)
+        lowered = function.lower(*arguments)
         lowered_at = time.perf_counter()
         lowered.compile()
         done = time.perf_counter()
     run = {"lower": lowered_at - start, "compile": done - lowered_at}
     if phases:
-        run.update(parse_xla_log(log.text))
+        run.update(parse_xla_log(log.text, module))
     return run
 
 
 def print_table(args: argparse.Namespace, results: dict) -> None:
     import jax
 
+    what = "loss gradient only" if args.grad_only else "train step"
     print(
-        f"{args.size}, {args.batch} images/device, fsdp={args.fsdp}, remat={args.remat}, "
+        f"{what}, {args.size}, {args.batch} images/device, fsdp={args.fsdp}, remat={args.remat}, "
         f"{jax.devices()[0].device_kind}, jax {jax.__version__}\n"
     )
     columns = ["lower", "compile"] + (
@@ -169,11 +183,11 @@ def print_table(args: argparse.Namespace, results: dict) -> None:
 def main() -> None:
     args = parse_args()
     configure_environment(args)
-    steps, batch = build_steps(args)
+    steps = build_steps(args)
     results = {False: [], True: []}
     for _ in range(args.repeats):
-        for scan, (step, state) in steps.items():
-            results[scan].append(time_compile(step, state, batch, args.phases))
+        for scan, (function, arguments, module) in steps.items():
+            results[scan].append(time_compile(function, arguments, module, args.phases))
     print_table(args, results)
 
 
