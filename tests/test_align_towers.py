@@ -175,6 +175,7 @@ def test_efficientnet_two_tower_embeddings():
     assert float(jnp.abs(embedded[0] - embedded[1]).max()) > 1e-3  # depends on the image
 
 
+@pytest.mark.slow  # the block remat is shared with the ViT and tested there by default
 def test_remat_gives_the_same_image_gradients():
     def grads(remat):
         with nnx.use_eager_sharding(False):

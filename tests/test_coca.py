@@ -185,6 +185,7 @@ def stack_blocks(unrolled, scanned):
     return out
 
 
+@pytest.mark.slow  # layers.stack_blocks is shared with the towers, scanned by default tests
 @pytest.mark.parametrize("remat", ["full"])
 def test_scanned_coca_matches_unrolled_loss_and_gradients(remat):
     depths = ["model.coca.unimodal_depth=2", "model.coca.multimodal_depth=2"]

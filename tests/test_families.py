@@ -1,5 +1,7 @@
 """Every model family trains through the same trainer on 1 device and on 8 devices
-(fsdp=4 x tensor=2) with the same losses, and its parameters follow the sharding rules."""
+(fsdp=4 x tensor=2) with the same losses, and its parameters follow the sharding rules.
+ALIGN and CoCa, the slowest to compile on CPU, run with `-m slow`; CoCa's sharded
+training and ALIGN's towers also have their own default tests."""
 
 import jax
 import numpy as np
@@ -21,6 +23,7 @@ FAMILIES = {
     "coca": "configs/coca/base.py:tiny",
     "symile": "configs/symile/xor.py:tiny",
 }
+SLOW_FAMILIES = {"align", "coca"}
 MESHES = {"1 device": (1, 1, 1), "fsdp=4 tensor=2": (1, 4, 2)}
 STEPS = 3
 
@@ -38,37 +41,48 @@ def family_config(name, digits_cache, mesh, extra=()):
 
 
 @pytest.fixture(scope="module")
-def clip_checkpoint(tmp_path_factory, digits_cache):
-    """A briefly trained tiny CLIP whose image tower LiT locks."""
-    workdir = tmp_path_factory.mktemp("clip_for_lit")
-    train(family_config("clip", digits_cache, (1, 1, 1)), workdir, devices=jax.devices()[:1])
-    return workdir
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, digits_cache, clip_checkpoint):
+def runs(tmp_path_factory, digits_cache):
+    """`runs(family, mesh_name) -> (config, result)`, each trained once per module.
+    LiT locks the image tower of the 1-device CLIP run."""
     results = {}
-    for family in FAMILIES:
-        for mesh_name, mesh in MESHES.items():
-            extra = [f"init_from={clip_checkpoint}"] if family == "lit" else []
+
+    def run(family: str, mesh_name: str):
+        if (family, mesh_name) not in results:
+            mesh = MESHES[mesh_name]
+            extra = [f"init_from={clip_checkpoint()}"] if family == "lit" else []
             config = family_config(family, digits_cache, mesh, extra)
             workdir = tmp_path_factory.mktemp(f"{family}")
             devices = jax.devices()[: int(np.prod(mesh))]
-            results[family, mesh_name] = (config, train(config, workdir, devices=devices))
-    return results
+            results[family, mesh_name] = (config, workdir, train(config, workdir, devices=devices))
+        config, _, result = results[family, mesh_name]
+        return config, result
+
+    def clip_checkpoint():
+        run("clip", "1 device")
+        return results["clip", "1 device"][1]
+
+    run.clip_checkpoint = clip_checkpoint
+    return run
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+def family_params():
+    return [
+        pytest.param(name, marks=pytest.mark.slow) if name in SLOW_FAMILIES else name
+        for name in sorted(FAMILIES)
+    ]
+
+
+@pytest.mark.parametrize("family", family_params())
 def test_same_losses_on_one_and_eight_devices(runs, family):
-    _, single = runs[family, "1 device"]
-    _, sharded = runs[family, "fsdp=4 tensor=2"]
+    _, single = runs(family, "1 device")
+    _, sharded = runs(family, "fsdp=4 tensor=2")
     assert len(single.losses) == STEPS and np.all(np.isfinite(single.losses))
     np.testing.assert_allclose(sharded.losses, single.losses, rtol=1e-5, err_msg=family)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", family_params())
 def test_parameters_are_sharded_by_the_rules(runs, family):
-    config, result = runs[family, "fsdp=4 tensor=2"]
+    config, result = runs(family, "fsdp=4 tensor=2")
     mesh = build_mesh(config.mesh, jax.devices()[:8])
     rules = rules_table(config.sharding_rules)
     logical = model_spec(config.model).logical_specs
@@ -88,9 +102,9 @@ def test_parameters_are_sharded_by_the_rules(runs, family):
     assert sharded_dims > 0, f"{family}: no parameter is split over the mesh"
 
 
-def test_lit_image_tower_is_loaded_and_never_updated(runs, clip_checkpoint):
-    config, result = runs["lit", "1 device"]
-    loaded, _ = read_params(clip_checkpoint)
+def test_lit_image_tower_is_loaded_and_never_updated(runs):
+    config, result = runs("lit", "1 device")
+    loaded, _ = read_params(runs.clip_checkpoint())
     initial = flat_params(_new_params(config.model, config.seed))
     trained = flat_params(result.params)
     image = [name for name in loaded if name.startswith("image/")]
