@@ -89,3 +89,34 @@ def test_bad_pax_lengths_and_missing_end_blocks():
     archive = _archive(tarfile.PAX_FORMAT, MEMBERS)
     # cut right after the last member's padded data: no end-of-archive blocks, as tarfile allows
     assert list(tar_members(io.BytesIO(archive[: 12288 + 3072]))) == MEMBERS
+
+
+def test_only_zero_padding_may_follow_the_end_of_archive():
+    archive = _archive(tarfile.PAX_FORMAT, MEMBERS)
+    assert list(tar_members(io.BytesIO(archive + bytes(4096)))) == MEMBERS
+    got = []
+    with pytest.raises(TarError, match="after the end-of-archive"):  # e.g. two tars concatenated
+        got.extend(tar_members(io.BytesIO(archive + archive)))
+    assert got == MEMBERS
+
+
+def test_a_corrupt_gzip_stream_that_decodes_to_an_early_end_block_is_a_failed_shard(tmp_path):
+    """Zeroed deflate bytes can decode to a zero block mid-archive; the reader must
+    read on to gzip's CRC instead of taking it for the end (a counted skip, not data loss
+    passed off as a complete shard)."""
+    import gzip
+
+    from clipjax.data.shards import DataStats, SampleStream
+
+    members = [(f"{i:04d}.txt", b"x" * 600) for i in range(6)]
+    full, first = (_archive(tarfile.PAX_FORMAT, m) for m in (members, members[:4]))
+    complete = first.index(bytes(1024), 512)  # 4 members, before their end-of-archive blocks
+    early_end = first[:complete] + bytes(len(full) - complete)  # then only zeros
+    packed = bytearray(gzip.compress(early_end, mtime=0))
+    packed[-8:-4] = (int.from_bytes(packed[-8:-4], "little") ^ 1).to_bytes(4, "little")  # CRC
+    path = tmp_path / "early-end.tar.gz"
+    path.write_bytes(bytes(packed))
+    stats = DataStats()
+    samples = list(SampleStream([str(path)], seed=0, mode="once", stats=stats))
+    assert [s["__key__"] for s in samples] == ["0000", "0001", "0002", "0003"]
+    assert stats.failed_shards == 1

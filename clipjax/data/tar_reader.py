@@ -67,6 +67,15 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return records
 
 
+def _check_end_of_archive(stream: BinaryIO) -> None:
+    """Only zero padding may follow the first end-of-archive block. Reading it to the
+    end also makes a gzip stream verify its CRC: a corrupt deflate stream can decode
+    to a zero block mid-archive, and stopping there would hide the damage."""
+    while chunk := stream.read(1 << 16):
+        if chunk.count(0) != len(chunk):
+            raise TarError("data after the end-of-archive block (corrupt or concatenated archive)")
+
+
 def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
     """(name, data) of each regular file, in archive order; raises TarError on damage."""
     next_name: str | None = None
@@ -80,6 +89,7 @@ def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
             return  # no end-of-archive blocks after a complete member: accepted, as tarfile does
         first = False
         if header == ZERO_BLOCK:
+            _check_end_of_archive(stream)
             return
         if len(header) < BLOCK:
             raise TarError(f"truncated tar header ({len(header)} of {BLOCK} bytes)")
@@ -128,7 +138,7 @@ def tar_samples(stream: BinaryIO, url: str) -> Iterator[dict]:
             if field in sample:
                 raise TarError(f"{name}: field {field!r} appears twice in sample {key!r}")
             sample[field] = data
-    except TarError:  # the members read before the damage still make a sample
+    except Exception:  # TarError, or the stream's own (gzip CRC): members read before it count
         if sample is not None:
             yield sample
         raise
