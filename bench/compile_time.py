@@ -17,6 +17,7 @@ Prints a Markdown table for BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import statistics
@@ -142,7 +143,8 @@ def time_compile(function, arguments: tuple, module: str, phases: bool) -> dict:
     import jax
 
     jax.clear_caches()
-    with CapturedStderr() as log:
+    # XLA's log is only read for --phases; otherwise its messages stay on the terminal
+    with CapturedStderr() if phases else contextlib.nullcontext() as log:
         start = time.perf_counter()
         lowered = function.lower(*arguments)
         lowered_at = time.perf_counter()

@@ -44,24 +44,22 @@ def family_config(name, digits_cache, mesh, extra=()):
 def runs(tmp_path_factory, digits_cache):
     """`runs(family, mesh_name) -> (config, result)`, each trained once per module.
     LiT locks the image tower of the 1-device CLIP run."""
-    results = {}
+    results, workdirs = {}, {}
 
     def run(family: str, mesh_name: str):
         if (family, mesh_name) not in results:
             mesh = MESHES[mesh_name]
-            extra = [f"init_from={clip_checkpoint()}"] if family == "lit" else []
+            if family == "lit":
+                run("clip", "1 device")
+                extra = [f"init_from={workdirs['clip', '1 device']}"]
+            else:
+                extra = []
             config = family_config(family, digits_cache, mesh, extra)
-            workdir = tmp_path_factory.mktemp(f"{family}")
+            workdir = workdirs[family, mesh_name] = tmp_path_factory.mktemp(f"{family}")
             devices = jax.devices()[: int(np.prod(mesh))]
-            results[family, mesh_name] = (config, workdir, train(config, workdir, devices=devices))
-        config, _, result = results[family, mesh_name]
-        return config, result
+            results[family, mesh_name] = (config, train(config, workdir, devices=devices))
+        return results[family, mesh_name]
 
-    def clip_checkpoint():
-        run("clip", "1 device")
-        return results["clip", "1 device"][1]
-
-    run.clip_checkpoint = clip_checkpoint
     return run
 
 
@@ -104,7 +102,7 @@ def test_parameters_are_sharded_by_the_rules(runs, family):
 
 def test_lit_image_tower_is_loaded_and_never_updated(runs):
     config, result = runs("lit", "1 device")
-    loaded, _ = read_params(runs.clip_checkpoint())
+    loaded, _ = read_params(config.init_from)  # the 1-device CLIP run's checkpoint
     initial = flat_params(_new_params(config.model, config.seed))
     trained = flat_params(result.params)
     image = [name for name in loaded if name.startswith("image/")]
