@@ -71,10 +71,10 @@ def clipjax_step(config, batch_size: int, devices=None):
     schedule = learning_rate_schedule(config.optim, 1000)
     spec, state, state_sh = create_train_state(config.model, 0, tx, mesh, rules)
     objective = objective_from_config(config, mesh, rules.get("batch"))
-    grad_fn = make_grad_fn(spec, objective, mesh, rules.get("batch"))
-    shardings = {"image": batch_sharding(mesh, rules, 4), "text": batch_sharding(mesh, rules, 2)}
     normalize = pixel_normalizer(config.data.mean, config.data.std)
-    step = make_train_step(grad_fn, tx, state_sh, shardings, schedule, normalize)
+    grad_fn = make_grad_fn(spec, objective, mesh, rules.get("batch"), normalize=normalize)
+    shardings = {"image": batch_sharding(mesh, rules, 4), "text": batch_sharding(mesh, rules, 2)}
+    step = make_train_step(grad_fn, tx, state_sh, shardings, schedule)
     rng = np.random.default_rng(0)
     size, context = config.model.image.image_size, config.model.text.context_length
     text = rng.integers(1, config.model.text.vocab_size - 1, (batch_size, context))

@@ -297,11 +297,16 @@ def train_loader(
     return StreamGroup(loaders, count)
 
 
-def batch_ranks(config) -> dict[str, int]:
-    """Each batch entry's rank: images and tokens, or one vector per Symile modality."""
-    if config.data.source == "xor":
-        return {name: 2 for name in config.model.modalities}
-    return {"image": 4, "text": 2}
+def batch_layout(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Each batch entry's per-example shape and dtype, as the loaders yield them:
+    uint8 images and int32 tokens, or one float32 vector per Symile modality."""
+    d = config.data
+    if d.source == "xor":
+        return {name: ((d.xor_bits,), np.dtype(np.float32)) for name in config.model.modalities}
+    return {
+        "image": ((d.image_size, d.image_size, 3), np.dtype(np.uint8)),
+        "text": ((config.tokenizer.context_length,), np.dtype(np.int32)),
+    }
 
 
 def batch_source(config, tokenizer, stats: DataStats, state: dict | None):

@@ -117,10 +117,14 @@ def contrastive_loss(
 def _softmax_local_sum(spec: LossSpec, scorer: PairScorer, image, text, scale, group_batch):
     """This device's rows' share of the summed two-direction (smoothed / decoupled) CE."""
     exclude = spec.kind == "dcl"
-    lse = scorer.row_lse(image, text, scale, exclude).sum()
-    lse += scorer.row_lse(text, image, scale, exclude).sum()
     eps = spec.label_smoothing
-    total = lse - 2.0 * (1.0 - eps) * scale * jnp.sum(image * text)
+    # Per row first, then summed: the log-sum-exps and the positives are each far larger
+    # than their difference, and summing them separately over many rows loses digits.
+    per_row = scorer.row_lse(image, text, scale, exclude) + scorer.row_lse(
+        text, image, scale, exclude
+    )
+    per_row -= 2.0 * (1.0 - eps) * scale * jnp.sum(image * text, axis=1)
+    total = jnp.sum(per_row)
     if eps:
         image_sum, text_sum = image.sum(0), text.sum(0)
         group_image = jax.lax.psum(image_sum, MEMBER)
@@ -133,6 +137,9 @@ def _softmax_local_sum(spec: LossSpec, scorer: PairScorer, image, text, scale, g
 def _per_device(image, text, scale, bias, *, spec, scorer, batch, groups, with_metrics):
     scale, bias = varying(scale), varying(bias)
     group_batch = batch // groups
+    # Normalisers as Python floats: an int above 2**31 - 1 (e.g. pairs in a batch of
+    # 65,536) cannot become the weakly typed int32 that JAX makes of a Python int.
+    batch = float(batch)
     if spec.kind == "sigmoid":
         loss = psum_all(sigmoid_local_sum(scorer, image, text, scale, bias)) / batch
     else:
@@ -166,7 +173,7 @@ def _geometry_metrics(image, text, scale, bias, spec, batch, groups, terms):
     positive = jnp.sum(image * text)
     group_pairs = jax.lax.psum(image_sum, MEMBER) @ jax.lax.psum(text_sum, MEMBER)
     group_positive = jax.lax.psum(positive, MEMBER)
-    negative = (group_pairs - group_positive) / max(group_batch * (group_batch - 1), 1)
+    negative = (group_pairs - group_positive) / max(group_batch * (group_batch - 1.0), 1.0)
     metrics = {
         "temperature": 1.0 / pmax_all(scale),
         "positive_similarity": psum_all(positive) / batch,

@@ -69,6 +69,12 @@ def symile_permutations(rng: jax.Array, num_modalities: int, batch: int) -> jax.
 
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     positive = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+    return _cross_entropy_with_positive(logits, positive)
+
+
+def _cross_entropy_with_positive(logits: jax.Array, positive: jax.Array) -> jax.Array:
+    """Like `_cross_entropy`, the positive logit given by value: its flat index in the
+    `[B, B^2]` logits, `i * (B + 1)`, overflows int32 from B = 46,341."""
     return jnp.mean(jax.nn.logsumexp(logits, axis=1) - positive)
 
 
@@ -134,10 +140,11 @@ def symile_loss(
     for m, anchor in enumerate(embeddings):
         others = [e for k, e in enumerate(embeddings) if k != m]
         if negatives == "n":
-            logits, targets = _logits_n(anchor, others, perms[m]), labels
+            losses.append(_cross_entropy(scale * _logits_n(anchor, others, perms[m]), labels))
         else:
-            logits, targets = _logits_n_squared(anchor, others), labels * (batch + 1)
-        losses.append(_cross_entropy(scale * logits, targets))
+            positive = scale * multilinear_inner_product(anchor, *others)
+            logits = scale * _logits_n_squared(anchor, others)
+            losses.append(_cross_entropy_with_positive(logits, positive))
     metrics = {
         f"symile_loss_{name}": loss for name, loss in zip(_names(names, count), losses, strict=True)
     }

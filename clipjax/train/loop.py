@@ -14,18 +14,16 @@ import ml_collections
 
 from clipjax.checkpoint import Checkpoints
 from clipjax.config import save_config, validate
-from clipjax.data.loader import Prefetch, batch_ranks, batch_source, to_global
+from clipjax.data.loader import Prefetch, batch_source, to_global
 from clipjax.data.shards import DataStats
 from clipjax.data.tokenizers import build_tokenizer
 from clipjax.evaluate.runner import Evaluator
 from clipjax.metrics import MetricWriter, Throughput, print_progress, progress_line
-from clipjax.parallel import batch_sharding, build_mesh, rules_table
+from clipjax.parallel import build_mesh
 from clipjax.train.init_from import initial_params
-from clipjax.train.objective import objective_from_config
-from clipjax.train.optim import build_optimizer, learning_rate_schedule
 from clipjax.train.preemption import Preempted, PreemptionWatch
-from clipjax.train.state import StatePlan, plan_train_state, state_as_dict, state_from_dict
-from clipjax.train.step import make_grad_fn, make_train_step, pixel_normalizer
+from clipjax.train.program import build_step_program
+from clipjax.train.state import StatePlan, state_as_dict, state_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +104,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
     if jax.process_index() == 0:  # the files in workdir are process 0's; checkpoints are all's
         save_config(config, workdir)
 
-    mesh = build_mesh(config.mesh, devices)
-    rules = rules_table(config.sharding_rules)
+    program = build_step_program(config, build_mesh(config.mesh, devices))
+    plan, sharding_for = program.plan, program.sharding_for
     tokenizer = build_tokenizer(config.tokenizer)
-    schedule = learning_rate_schedule(config.optim, config.train.steps)
-    frozen = tuple(config.model.get("frozen", ()))
-    tx = build_optimizer(config.optim, config.train.steps, frozen)
-    plan = plan_train_state(config.model, config.seed, tx, mesh, rules)
 
     checkpoints = checkpoints_for(config, workdir)
     state, loader_state, start = initial_state(config, plan, checkpoints)
@@ -121,28 +115,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
     else:
         archive_metrics(workdir)
 
-    def sharding_for(ndim: int):
-        return batch_sharding(mesh, rules, ndim)
-
     stats = DataStats()
     batches = Prefetch(iter(batch_source(config, tokenizer, stats, loader_state)))
-    grad_fn = make_grad_fn(
-        plan.spec,
-        objective_from_config(config, mesh, rules.get("batch")),
-        mesh,
-        rules.get("batch"),
-        config.train.accum_steps,
-        frozen=frozen,
-    )
-    batch_shardings = {k: sharding_for(ndim) for k, ndim in batch_ranks(config).items()}
-    normalize = pixel_normalizer(config.data.mean, config.data.std)
-    step_fn = make_train_step(
-        grad_fn, tx, plan.shardings, batch_shardings, schedule, normalize, config.seed
-    )
     evaluator = Evaluator(config, plan.spec, tokenizer, sharding_for, plan.shardings.params)
 
     result = TrainResult(steps=config.train.steps, wall_seconds=0.0, start_step=start)
-    run = _Run(config, step_fn, batches, sharding_for, evaluator, stats, checkpoints, result)
+    run = _Run(config, program.step, batches, sharding_for, evaluator, stats, checkpoints, result)
     writer = MetricWriter(workdir)
     watch = PreemptionWatch(checkpoints.manager.reached_preemption)
     try:

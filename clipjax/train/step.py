@@ -5,7 +5,8 @@ loss still contrasts the whole batch (GradCache): embed every micro-batch
 without gradients, take the loss's gradients w.r.t. the embeddings, then
 recompute each micro-batch with a VJP against its slice of those gradients.
 The result equals the full-batch gradient; peak activation memory is that of
-one micro-batch.
+one micro-batch. uint8 pixels become floats one micro-batch at a time, inside
+those passes: a float32 copy of the whole batch never exists.
 """
 
 from __future__ import annotations
@@ -65,11 +66,15 @@ def make_grad_fn(
     batch_axes: MeshAxes,
     accum_steps: int = 1,
     frozen: Sequence[str] = (),
+    normalize: Callable[[jax.Array], jax.Array] | None = None,
 ) -> GradFn:
     """`grad_fn(params, batch, rng) -> (loss, metrics, grads)`; `objective` scores the
-    model's `train_outputs` (see train.objective)."""
+    model's `train_outputs` (see train.objective); `normalize` turns the batch's uint8
+    images into floats (`pixel_normalizer`), per micro-batch when accumulating."""
 
     def outputs(params: dict, batch: dict) -> dict:
+        if normalize is not None and "image" in batch:
+            batch = {**batch, "image": normalize(batch["image"])}
         return nnx.merge(spec.graphdef, params).train_outputs(batch)
 
     def full_batch(params: dict, batch: dict, rng: jax.Array):
@@ -147,16 +152,13 @@ def make_train_step(
     state_shardings: TrainState,
     batch_shardings: dict,
     schedule: optax.Schedule,
-    normalize: Callable[[jax.Array], jax.Array] | None = None,
     seed: int = 0,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings and
-    the incoming state donated; `normalize` turns the batch's uint8 images to floats;
-    the loss's randomness is `fold_in(key(seed), step)`, the same on any mesh."""
+    the incoming state donated; the loss's randomness is `fold_in(key(seed), step)`,
+    the same on any mesh."""
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        if normalize is not None and "image" in batch:
-            batch = {**batch, "image": normalize(batch["image"])}
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
         loss, metrics, grads = grad_fn(state.params, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
