@@ -7,8 +7,10 @@ clipjax eval [--config=FILE.py[:variant]] (--checkpoint=DIR [--step=N] | --hf=DI
              --open-clip=FILE [--act=quick_gelu] [--image-heads=N]) [--out=metrics.json]
 clipjax shards (--from-folder DIR | --from-csv FILE | --from-digits) --out DIR
 clipjax convert --checkpoint=WORKDIR_OR_CHECKPOINT_DIR --out=DIR [--step=N] [--format=...]
+clipjax compile --config=FILE.py[:variant] --topology=v5p-512 [--slices=N] [--out=report.json]
 
 Exit codes: 0 done, 1 diverged or failed, 2 bad config or arguments,
+3 (compile) the step does not fit the chips' memory,
 75 preempted (SIGTERM; a checkpoint was saved, rerun the same command to resume).
 """
 
@@ -20,6 +22,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from clipjax.aot.libtpu_env import quiet_libtpu
 from clipjax.config import ConfigError, apply_overrides, load_config
 from clipjax.distributed import LaunchError
 from clipjax.train.preemption import PREEMPTED_EXIT_CODE, Preempted
@@ -65,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _distributed_flags(train)
     _eval_parser(commands)
+    _compile_parser(commands)
     convert = commands.add_parser(
         "convert", help="write a checkpoint's params as safetensors/npz with its config"
     )
@@ -127,6 +131,50 @@ def _eval_parser(commands) -> None:
     ev.add_argument("--image-heads", type=int, help="open_clip only (default: width / 64)")
     ev.add_argument("--text-heads", type=int, help="open_clip only (default: width / 64)")
     ev.add_argument("--out", help="also write the metrics to this JSON file")
+
+
+def _compile_parser(commands) -> None:
+    aot = commands.add_parser(
+        "compile",
+        help="compile the train step for a TPU slice with the TPU compiler (no TPU needed) "
+        "and report per-chip memory, FLOPs and whether it fits",
+        epilog="override any field with --config.a.b=value; exit 0 fits, 3 does not fit",
+    )
+    aot.add_argument("--config", default=None, help="config file[:variant] as for train")
+    aot.add_argument(
+        "--topology",
+        required=True,
+        help="a Cloud TPU accelerator type (v4-128, v5e-256 / v5litepod-256, v5p-512, "
+        "v6e-256) or a compiler shape (v5p:4x4x12, v5e:4x8)",
+    )
+    aot.add_argument("--slices", type=int, default=1, help="slices joined over DCN")
+    aot.add_argument("--out", help="also write the report as JSON to this file")
+
+
+def _compile(args, overrides: list[str]) -> int:
+    import json
+
+    from clipjax.aot.topology import parse_topology
+
+    try:
+        topology = parse_topology(args.topology, args.slices)
+        config = load_config(args.config)
+        apply_overrides(config, overrides)
+        from clipjax.aot.compile import TpuCompilerMissing, compile_for_topology
+        from clipjax.aot.report import format_report
+
+        report = compile_for_topology(config, topology)
+    except (ConfigError, ValueError) as exc:
+        print(f"clipjax: {exc}", file=sys.stderr)
+        return 2
+    except TpuCompilerMissing as exc:
+        print(f"clipjax: {exc}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report.as_json(), f, indent=1)
+    return 0 if report.fits else 3
 
 
 def _eval(args, overrides: list[str]) -> int:
@@ -250,6 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     rest, overrides = _split_overrides(argv)
     args = _parser().parse_args(rest)
+    quiet_libtpu()
+    if args.command == "compile":  # this machine's own backend only hosts the compiler
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "convert":
         return _convert(args)
@@ -257,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _shards(args)
     if args.command == "eval":
         return _eval(args, overrides)
+    if args.command == "compile":
+        return _compile(args, overrides)
     try:
         config = load_config(args.config)
         apply_overrides(config, overrides)

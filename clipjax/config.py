@@ -135,13 +135,19 @@ def save_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -
     return path
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
+def validate(
+    config: ml_collections.ConfigDict,
+    num_devices: int,
+    num_processes: int = 1,
+    reads_data: bool = True,
+) -> None:
     """Checks types and cross-field constraints; raises ConfigError listing every problem.
 
-    Runs before any model is built or anything is compiled.
+    Runs before any model is built or anything is compiled. `reads_data=False` (compiling
+    only) skips the checks that the training data and `init_from` exist.
     """
     from clipjax.config_checks import config_problems
 
-    problems = config_problems(config, num_devices, num_processes)
+    problems = config_problems(config, num_devices, num_processes, reads_data)
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

@@ -32,6 +32,7 @@ FIELD_TYPES = {
     "train.batch_size": int,
     "train.log_every": int,
     "train.accum_steps": int,
+    "train.host_batch": bool,
     "loss.group_size": int,
     "loss.ring_chunk": int,
     "optim.lr": float,
@@ -284,14 +285,19 @@ def _text(c, problems: list[str]) -> None:
         )
 
 
-def _data(c, problems: list[str]) -> None:
-    _choice(problems, "data.source", c.data.source, DATA_SOURCES)
-    if c.data.source == "shards" and not c.data.train_shards:
+def _train_shards(c, problems: list[str]) -> None:
+    if not c.data.train_shards:
         problems.append("data.source='shards' needs data.train_shards (a brace spec of tar files)")
-    elif c.data.source == "shards":
-        sources = _attempt(problems, train_sources, c.data)
-        if sources is not None:
-            _attempt(problems, check_openers, [url for urls in sources for url in urls])
+        return
+    sources = _attempt(problems, train_sources, c.data)
+    if sources is not None:
+        _attempt(problems, check_openers, [url for urls in sources for url in urls])
+
+
+def _data(c, problems: list[str], reads_data: bool = True) -> None:
+    _choice(problems, "data.source", c.data.source, DATA_SOURCES)
+    if c.data.source == "shards" and reads_data:
+        _train_shards(c, problems)
     weights = c.data.weights
     if weights and (c.data.source != "shards" or any(not w > 0 for w in weights)):
         problems.append(
@@ -334,9 +340,14 @@ def _optim_and_train(c, problems: list[str]) -> None:
         problems.append("loss.kind='sigmoid' needs model.logit_bias_init (SigLIP uses -10.0)")
     if c.train.accum_steps < 1:
         problems.append(f"train.accum_steps={c.train.accum_steps} must be at least 1")
+    if c.train.host_batch and c.train.accum_steps < 2:
+        problems.append(
+            "train.host_batch=True streams micro-batches from host memory: set "
+            "train.accum_steps to 2 or more"
+        )
 
 
-def _checkpoint(c, problems: list[str]) -> None:
+def _checkpoint(c, problems: list[str], reads_data: bool = True) -> None:
     k = c.checkpoint
     for field in ("every", "keep", "keep_period"):
         if k[field] < 0:
@@ -344,7 +355,7 @@ def _checkpoint(c, problems: list[str]) -> None:
     if not isinstance(k.async_save, bool):
         problems.append(f"checkpoint.async_save={k.async_save!r} must be true or false")
     init_from = c.get("init_from", "")
-    if init_from and "://" not in init_from and not Path(init_from).exists():
+    if reads_data and init_from and "://" not in init_from and not Path(init_from).exists():
         problems.append(f"init_from={init_from!r} does not exist")
 
 
@@ -372,15 +383,23 @@ def _evals(c, problems: list[str]) -> None:
 
 
 def config_problems(
-    c: ml_collections.ConfigDict, num_devices: int, num_processes: int
+    c: ml_collections.ConfigDict, num_devices: int, num_processes: int, reads_data: bool = True
 ) -> list[str]:
+    """Every problem of `c` for a run on `num_devices` in `num_processes`; without
+    `reads_data` (compiling only) the training data and `init_from` need not exist."""
     problems: list[str] = []
     if not _types(c, problems):
         return problems  # the checks below do arithmetic on these fields
     _choice(problems, "model.name", c.model.get("name"), MODELS)
-    image_text = (_model, _text, _data) if is_image_text(c) else (_vector_model,)
-    for check in (*image_text, _optim_and_train, _checkpoint, _evals):
-        check(c, problems)
+    if is_image_text(c):
+        _model(c, problems)
+        _text(c, problems)
+        _data(c, problems, reads_data)
+    else:
+        _vector_model(c, problems)
+    _optim_and_train(c, problems)
+    _checkpoint(c, problems, reads_data)
+    _evals(c, problems)
     problems += family_problems(c)
     _mesh_and_batch(c, num_devices, num_processes, problems)
     return problems

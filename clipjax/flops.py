@@ -69,6 +69,7 @@ ACCELERATOR_PEAKS = {
     "TPU v5 lite": (197e12, 197e12 / 2),
     "TPU v5e": (197e12, 197e12 / 2),
     "TPU v5p": (459e12, 459e12 / 2),
+    "TPU v5": (459e12, 459e12 / 2),  # v5p's device kind
     "TPU v6 lite": (918e12, 918e12 / 2),
 }
 
@@ -102,7 +103,8 @@ def device_peak(device: jax.Device, dtype: str) -> Peak:
     if device.platform == "cpu":
         return cpu_peak()
     kind = device.device_kind
-    for name, (bf16, fp32) in ACCELERATOR_PEAKS.items():
+    exact = [(kind, ACCELERATOR_PEAKS[kind])] if kind in ACCELERATOR_PEAKS else []
+    for name, (bf16, fp32) in exact or ACCELERATOR_PEAKS.items():
         if name in kind:
             flops = bf16 if dtype == "bfloat16" else fp32
             return Peak(flops, f"{kind} data sheet, {dtype}")

@@ -49,13 +49,16 @@ def resolve_mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> dict
     return sizes
 
 
-def build_mesh(mesh_config: Mapping[str, int], devices: Sequence | None = None) -> Mesh:
-    """A `data x fsdp x tensor` mesh over `devices` (default: all devices)."""
+def build_mesh(
+    mesh_config: Mapping[str, int], devices: Sequence | None = None, whole_slice: bool = False
+) -> Mesh:
+    """A `data x fsdp x tensor` mesh over `devices` (default: all devices); with
+    `whole_slice`, `devices` are a whole slice of another backend (a TPU topology)."""
     devices = list(jax.devices() if devices is None else devices)
     sizes = resolve_mesh_shape(mesh_config, len(devices))
     shape = tuple(sizes[axis] for axis in MESH_AXES)
     auto = (AxisType.Auto,) * len(MESH_AXES)
-    if len(devices) == len(jax.devices()):  # let JAX order devices for the topology
+    if whole_slice or len(devices) == len(jax.devices()):  # JAX orders them for the topology
         return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
 

@@ -111,6 +111,9 @@ def get_config(arg=None):
     c.train.steps = 1000
     c.train.log_every = 50
     c.train.accum_steps = 1  # micro-batches per step; the loss still contrasts the whole batch
+    # keep the batch in host memory (pinned_host) and move one micro-batch at a time to the
+    # chips in both GradCache passes: for batches whose pixels do not fit in HBM
+    c.train.host_batch = False
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = (

@@ -12,7 +12,7 @@ from clipjax.parallel import build_mesh, rules_table
 from clipjax.train.objective import ObjectiveSpec, make_objective
 from clipjax.train.optim import build_optimizer
 from clipjax.train.state import create_train_state
-from clipjax.train.step import make_grad_fn, merge_micro, split_micro
+from clipjax.train.step import make_grad_fn, merge_micro, pixel_normalizer, split_micro
 
 
 def test_split_and_merge_micro_batches_are_inverse_and_keep_rows_on_their_shard():
@@ -55,6 +55,39 @@ def test_accumulated_gradients_equal_full_batch(loss):
     assert ("logit_bias" in grads_1) == (loss.kind == "sigmoid")
     for k in (2, 4):
         loss_k, _, grads_k = results[k]
+        np.testing.assert_allclose(loss_k, loss_1, rtol=1e-6)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), grads_k, grads_1
+        )
+
+
+def test_host_streamed_accumulation_equals_full_batch_with_uint8_pixels():
+    """`host_batch`: the batch waits in pinned host memory, split `[k, B/k, ...]` on the
+    host, and each GradCache pass moves one micro-batch to the devices; pixels are
+    normalised per micro-batch. Loss and gradients equal the full batch's."""
+    spec, mesh, params, _ = setup(None)
+    rng = np.random.default_rng(1)
+    batch = {
+        "image": rng.integers(0, 256, size=(32, 32, 32, 3), dtype=np.uint8),
+        "text": rng.integers(1, 250, size=(32, 32)).astype(np.int32),
+    }
+    batch["text"][:, -1] = 258
+    axes = ("data", "fsdp")
+    normalize = pixel_normalizer((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    objective = make_objective(ObjectiveSpec(), LossSpec(strategy="ring"), mesh, axes)
+
+    def grads(k, host):
+        fn = make_grad_fn(spec, objective, mesh, axes, k, normalize=normalize, host_batch=host)
+        if host:
+            sharding = NamedSharding(mesh, P(None, axes), memory_kind="pinned_host")
+            placed = {n: jax.device_put(split_micro(v, 8, k), sharding) for n, v in batch.items()}
+        else:
+            placed = {n: jax.device_put(v, NamedSharding(mesh, P(axes))) for n, v in batch.items()}
+        return jax.device_get(jax.jit(fn)(params, placed, jax.random.key(0)))
+
+    loss_1, _, grads_1 = grads(1, host=False)
+    for k in (2, 4):
+        loss_k, _, grads_k = grads(k, host=True)
         np.testing.assert_allclose(loss_k, loss_1, rtol=1e-6)
         jax.tree.map(
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), grads_k, grads_1

@@ -14,7 +14,7 @@ import ml_collections
 
 from clipjax.checkpoint import Checkpoints
 from clipjax.config import save_config, validate
-from clipjax.data.loader import Prefetch, batch_source, to_global
+from clipjax.data.loader import Prefetch, batch_source
 from clipjax.data.shards import DataStats
 from clipjax.data.tokenizers import build_tokenizer
 from clipjax.evaluate.runner import Evaluator
@@ -22,7 +22,7 @@ from clipjax.metrics import MetricWriter, Throughput, print_progress, progress_l
 from clipjax.parallel import build_mesh
 from clipjax.train.init_from import initial_params
 from clipjax.train.preemption import Preempted, PreemptionWatch
-from clipjax.train.program import build_step_program
+from clipjax.train.program import StepProgram, build_step_program
 from clipjax.train.state import StatePlan, state_as_dict, state_from_dict
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
     evaluator = Evaluator(config, plan.spec, tokenizer, sharding_for, plan.shardings.params)
 
     result = TrainResult(steps=config.train.steps, wall_seconds=0.0, start_step=start)
-    run = _Run(config, program.step, batches, sharding_for, evaluator, stats, checkpoints, result)
+    run = _Run(config, program, batches, evaluator, stats, checkpoints, result)
     writer = MetricWriter(workdir)
     watch = PreemptionWatch(checkpoints.manager.reached_preemption)
     try:
@@ -148,9 +148,8 @@ def check_finite(step: int, values: dict) -> None:
 @dataclass
 class _Run:
     config: ml_collections.ConfigDict
-    step_fn: object
+    program: StepProgram
     batches: Prefetch
-    sharding_for: object
     evaluator: Evaluator
     stats: DataStats
     checkpoints: Checkpoints
@@ -166,7 +165,7 @@ class _Run:
         upcoming = self._on_device() if start < total else None
         for step in range(start + 1, total + 1):
             batch, loader_state = upcoming
-            state, metrics = self.step_fn(state, batch)
+            state, metrics = self.program.step(state, batch)
             # device prefetch: the next batch's transfer overlaps this step's compute
             upcoming = self._on_device() if step < total else None
             self._log(step, state, metrics, throughput, writer)
@@ -186,7 +185,7 @@ class _Run:
     def _on_device(self) -> tuple[dict, dict]:
         """The next batch as global device arrays, with the loader state after it."""
         batch, loader_state = next(self.batches)
-        return to_global(batch, self.sharding_for), loader_state
+        return self.program.place_batch(batch), loader_state
 
     def _log(self, step: int, state, metrics, throughput: Throughput, writer) -> None:
         total = self.config.train.steps

@@ -7,6 +7,11 @@ recompute each micro-batch with a VJP against its slice of those gradients.
 The result equals the full-batch gradient; peak activation memory is that of
 one micro-batch. uint8 pixels become floats one micro-batch at a time, inside
 those passes: a float32 copy of the whole batch never exists.
+
+With `host_batch`, the batch arrives already split (`[k, B/k, ...]`, see
+`host_layout`) in host memory (`pinned_host`), and each pass moves one
+micro-batch at a time to the chips: HBM then holds one micro-batch of pixels,
+never the whole batch.
 """
 
 from __future__ import annotations
@@ -67,10 +72,12 @@ def make_grad_fn(
     accum_steps: int = 1,
     frozen: Sequence[str] = (),
     normalize: Callable[[jax.Array], jax.Array] | None = None,
+    host_batch: bool = False,
 ) -> GradFn:
     """`grad_fn(params, batch, rng) -> (loss, metrics, grads)`; `objective` scores the
     model's `train_outputs` (see train.objective); `normalize` turns the batch's uint8
-    images into floats (`pixel_normalizer`), per micro-batch when accumulating."""
+    images into floats (`pixel_normalizer`), per micro-batch when accumulating;
+    `host_batch` takes the batch split and in host memory (see the module docstring)."""
 
     def outputs(params: dict, batch: dict) -> dict:
         if normalize is not None and "image" in batch:
@@ -93,6 +100,18 @@ def make_grad_fn(
         spec_ = P(None, batch_axes, *([None] * (x.ndim - 2)))
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec_))
 
+    def fetch(micro_batch: dict) -> dict:
+        """One micro-batch onto the chips (from host memory with `host_batch`)."""
+        if not host_batch:
+            return micro_batch
+        return {
+            name: jax.device_put(
+                x,
+                NamedSharding(mesh, P(batch_axes, *([None] * (x.ndim - 1))), memory_kind="device"),
+            )
+            for name, x in micro_batch.items()
+        }
+
     def embed(params: dict, batch: dict) -> dict:
         out = outputs(freeze(params, frozen), batch)
         if set(out) != {"embeddings"}:
@@ -103,9 +122,12 @@ def make_grad_fn(
         return out["embeddings"]
 
     def accumulated(params: dict, batch: dict, rng: jax.Array):
-        micro = jax.tree.map(lambda x: constrain(split_micro(x, shards, accum_steps)), batch)
+        if host_batch:
+            micro = batch
+        else:
+            micro = jax.tree.map(lambda x: constrain(split_micro(x, shards, accum_steps)), batch)
         frozen_params = jax.lax.stop_gradient(params)
-        _, stacked = jax.lax.scan(lambda c, mb: (c, embed(frozen_params, mb)), None, micro)
+        _, stacked = jax.lax.scan(lambda c, mb: (c, embed(frozen_params, fetch(mb))), None, micro)
         embeddings = jax.tree.map(lambda x: merge_micro(x, shards), stacked)
         scalars = {k: params[k] for k in SCALARS if k in params}
 
@@ -118,6 +140,7 @@ def make_grad_fn(
 
         def backward(acc, xs):
             mb, cotangent = xs
+            mb = fetch(mb)
             _, vjp = jax.vjp(lambda p: embed(p, mb), params)
             return jax.tree.map(jnp.add, acc, vjp(cotangent)[0]), None
 

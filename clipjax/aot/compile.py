@@ -1,0 +1,222 @@
+"""Compile the train step for a TPU slice on a machine without TPUs.
+
+The step is `clipjax train`'s own (`train.program`), built over the topology's
+devices with abstract state and batch: nothing is allocated and no data is read.
+The TPU compiler (libtpu) then gives per-chip memory and FLOPs, or says the step
+does not fit.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+
+import jax
+
+from clipjax.aot.libtpu_env import quiet_libtpu
+from clipjax.aot.topology import Topology
+from clipjax.config import validate
+from clipjax.flops import device_peak, train_flops_per_example
+from clipjax.parallel import build_mesh
+from clipjax.train.program import build_step_program
+
+INSTALL_HINT = (
+    "the TPU compiler (libtpu) is not installed; install the extra that brings the version "
+    "matching jaxlib: `uv sync --extra tpu-aot` (or `pip install 'jax[tpu]==<your jax>'`)"
+)
+MEMORY_FIELDS = (
+    "model.remat ('full' recomputes each block in the backward pass)",
+    "mesh.fsdp (shards parameters and optimizer state over more chips)",
+    "loss.strategy='ring' (no B x B scores: O(b x ring_chunk) per chip)",
+    "train.accum_steps (activations of one micro-batch at a time)",
+    "train.batch_size",
+)
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}
+
+
+class TpuCompilerMissing(RuntimeError):
+    """libtpu is not importable."""
+
+
+@dataclass
+class CompileReport:
+    """What the TPU compiler says of one config on one topology; sizes are per chip."""
+
+    topology: str
+    chips: int
+    hosts: int
+    mesh: dict[str, int]
+    global_batch: int
+    hbm_bytes: int
+    hbm_source: str
+    fits: bool
+    compile_seconds: float
+    memory: dict[str, int] = field(default_factory=dict)  # per-chip terms, see `memory_terms`
+    total_bytes: int = 0
+    requested_bytes: int | None = None  # what an out-of-memory compile asked for
+    compiler_message: str = ""
+    compiled_flops: float | None = None
+    model_flops: float | None = None
+    peak_flops: float | None = None
+    peak_source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def headroom_bytes(self) -> int:
+        return self.hbm_bytes - (self.requested_bytes or self.total_bytes)
+
+    def roofline_seconds(self) -> float | None:
+        """The step at the chip's peak: the larger of XLA's and the architecture's count."""
+        counts = [c for c in (self.compiled_flops, self.model_flops) if c]
+        return max(counts) / self.peak_flops if counts and self.peak_flops else None
+
+    def mfu_ceiling(self) -> float | None:
+        """Useful work over the work the compiled step does (remat makes it < 1)."""
+        if not (self.model_flops and self.compiled_flops) or self.loops_undercounted():
+            return None
+        return min(1.0, self.model_flops / self.compiled_flops)
+
+    def loops_undercounted(self) -> bool:
+        return any(note.startswith("XLA counts") for note in self.notes)
+
+    def as_json(self) -> dict:
+        out = asdict(self)
+        out.update(
+            headroom_bytes=self.headroom_bytes,
+            roofline_step_seconds=self.roofline_seconds(),
+            mfu_ceiling=self.mfu_ceiling(),
+        )
+        return out
+
+
+def topology_devices(topology: Topology) -> list:
+    """The slice's devices as the TPU compiler describes them (no TPU needed)."""
+    quiet_libtpu(accelerator=f"{topology.chip.generation}-{topology.chips}")
+    try:
+        import libtpu  # noqa: F401
+    except ImportError as exc:
+        raise TpuCompilerMissing(INSTALL_HINT) from exc
+    from jax.experimental import topologies
+
+    description = topologies.get_topology_desc(
+        platform="tpu",
+        topology_name=topology.name,
+        chip_config_name="default",
+        chips_per_host_bounds=topology.host_bounds,
+        num_slices=topology.slices,
+    )
+    return list(description.devices)
+
+
+def compile_for_topology(config, topology: Topology) -> CompileReport:
+    """Validates `config` for the slice, compiles its train step with the TPU compiler
+    and reports per-chip memory, FLOPs and whether it fits."""
+    devices = topology_devices(topology)
+    validate(config, len(devices), topology.hosts, reads_data=False)
+    mesh = build_mesh(config.mesh, devices, whole_slice=True)
+    program = build_step_program(config, mesh)
+    report = CompileReport(
+        topology=topology.describe(),
+        chips=len(devices),
+        hosts=topology.hosts,
+        mesh=dict(mesh.shape),
+        global_batch=config.train.batch_size,
+        hbm_bytes=topology.chip.hbm_bytes,
+        hbm_source=topology.chip.source,
+        fits=False,
+        compile_seconds=0.0,
+    )
+    started = time.perf_counter()
+    try:
+        compiled = program.lower(platforms=("tpu",)).compile()
+    except jax.errors.JaxRuntimeError as exc:
+        report.compile_seconds = time.perf_counter() - started
+        if "RESOURCE_EXHAUSTED" not in str(exc):
+            raise
+        report.compiler_message = _first_line(str(exc))
+        report.requested_bytes = requested_bytes(str(exc))
+        return report
+    report.compile_seconds = time.perf_counter() - started
+    report.memory = memory_terms(program, compiled.memory_analysis())
+    report.total_bytes = report.memory["total"]
+    report.fits = report.total_bytes <= report.hbm_bytes
+    _add_flops(report, config, compiled, devices[0])
+    return report
+
+
+def shard_bytes(tree) -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.sharding.shard_shape(leaf.shape)
+        total += math.prod(shape) * leaf.dtype.itemsize
+    return total
+
+
+def memory_terms(program, stats) -> dict[str, int]:
+    """Per-chip bytes in HBM: the train state (parameters and optimizer), the batch
+    (none with `train.host_batch`), argument padding, XLA's temporaries, outputs not
+    written over a donated input, code, and their total; then what stays in host memory."""
+    state = shard_bytes(program.plan.abstract)
+    batch = 0 if program.host_batch else shard_bytes(program.abstract_batch())
+    terms = {
+        "state": state,
+        "batch": batch,
+        "other_arguments": max(0, stats.argument_size_in_bytes - state - batch),
+        "temporaries": stats.temp_size_in_bytes,
+        "outputs": stats.output_size_in_bytes - stats.alias_size_in_bytes,
+        "code": stats.generated_code_size_in_bytes,
+    }
+    terms["total"] = sum(terms.values())
+    terms["host_arguments"] = getattr(stats, "host_argument_size_in_bytes", 0) or 0
+    terms["host_temporaries"] = getattr(stats, "host_temp_size_in_bytes", 0) or 0
+    return terms
+
+
+_SIZE = r"([\d.]+)([KMGTP]?)i?B?"
+_OUT_OF_MEMORY = (  # the TPU compiler's two phrasings: (asked for, available)
+    re.compile(rf"Used {_SIZE} of {_SIZE} hbm"),
+    re.compile(rf"required for [^(]*\({_SIZE}\) exceeds available HBM \({_SIZE}\)"),
+)
+
+
+def requested_bytes(message: str) -> int | None:
+    """The HBM an out-of-memory compile asked for ("Used 1.30T of 95.74G hbm", or "the
+    total memory required for HLO temporaries (1.05T) exceeds available HBM (15.75G)")."""
+    for pattern in _OUT_OF_MEMORY:
+        found = pattern.search(message)
+        if found:
+            return int(float(found.group(1)) * _UNITS[found.group(2)])
+    return None
+
+
+def _first_line(message: str) -> str:
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    useful = [line for line in lines if "memory" in line.lower() or "RESOURCE" in line]
+    return (useful or lines or [""])[0][:400]
+
+
+def _add_flops(report: CompileReport, config, compiled, device) -> None:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    report.compiled_flops = float(cost.get("flops", 0.0)) or None
+    peak = device_peak(device, "bfloat16")
+    report.peak_flops, report.peak_source = peak.flops_per_s, peak.source
+    model = config.model
+    if model.name == "clip" and model.image.kind == "vit":
+        batch = config.train.batch_size
+        report.model_flops = train_flops_per_example(model, batch) * batch / report.chips
+    else:
+        report.notes.append("the architecture's FLOPs are counted for CLIP ViT towers only")
+    loops = []
+    if model.get("scan_layers"):
+        loops.append("scanned blocks (model.scan_layers)")
+    if config.train.accum_steps > 1:
+        loops.append(f"the {config.train.accum_steps} accumulation steps")
+    if loops:
+        report.notes.append(
+            "XLA counts a loop's body once, not per trip: its FLOPs undercount "
+            + " and ".join(loops)
+        )
