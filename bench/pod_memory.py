@@ -1,0 +1,130 @@
+"""Per-chip HBM of pod-scale runs, from the real TPU compiler on this machine (no TPU).
+
+    uv sync --extra tpu-aot
+    uv run python bench/pod_memory.py --records l14-1m-v5p128 l14-4m-v5p16-host
+    uv run python bench/pod_memory.py --loss-only --topologies v5p-16 v5p-128
+
+Each record is `clipjax compile` on a config (the same step `clipjax train` runs);
+`--loss-only` compiles the contrastive loss's forward and backward alone (d=512,
+fp32) for each strategy. Prints Markdown tables for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# name: (config, topology, overrides); all fp32, scanned blocks, full remat
+LARGE = ["model.scan_layers=True", "model.remat='full'", "loss.strategy='ring'"]
+RECORDS = {
+    "l14-1m-v5p128": ("configs/clip/vit_l14.py", "v5p-128",
+                      ["train.batch_size=1048576", "train.accum_steps=32", *LARGE]),
+    "b16-1m-v5p128": ("configs/clip/vit_b16.py", "v5p-128",
+                      ["train.batch_size=1048576", "train.accum_steps=32", *LARGE]),
+    "l14-4m-v5p16": ("configs/clip/vit_l14.py", "v5p-16",
+                    ["train.batch_size=4194304", "train.accum_steps=1024", *LARGE]),
+    "l14-4m-v5p16-host": ("configs/clip/vit_l14.py", "v5p-16",
+                         ["train.batch_size=4194304", "train.accum_steps=1024",
+                          "train.host_batch=True", *LARGE]),
+    "b16-4m-v5p16-host": ("configs/clip/vit_b16.py", "v5p-16",
+                         ["train.batch_size=4194304", "train.accum_steps=1024",
+                          "train.host_batch=True", *LARGE]),
+}  # fmt: skip
+
+
+def gib(n) -> str:
+    return "-" if n is None else f"{n / 2**30:,.2f}"
+
+
+def run_records(names: list[str]) -> None:
+    from clipjax.aot.compile import compile_for_topology
+    from clipjax.aot.topology import parse_topology
+    from clipjax.config import apply_overrides, load_config
+
+    print("| record | chips | batch | state | batch (HBM) | temporaries | total / HBM (GiB) "
+          "| host | fits | compile s | roofline s |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    for name in names:
+        path, topology, overrides = RECORDS[name]
+        config = load_config(path)
+        apply_overrides(config, overrides)
+        r = compile_for_topology(config, parse_topology(topology))
+        m = r.memory
+        total = gib(r.requested_bytes if r.requested_bytes is not None else r.total_bytes)
+        host = m.get("host_arguments", 0) + m.get("host_temporaries", 0) if m else None
+        roofline = r.roofline_seconds()
+        print(
+            f"| {name} ({topology}) | {r.chips} | {r.global_batch:,} | {gib(m.get('state'))} "
+            f"| {gib(m.get('batch'))} | {gib(m.get('temporaries'))} "
+            f"| {total} / {gib(r.hbm_bytes)} | {gib(host)} | {'yes' if r.fits else 'NO'} "
+            f"| {r.compile_seconds:.0f} | {roofline or 0:.2f} |",
+            flush=True,
+        )
+        if r.compiler_message:
+            print(f"|   compiler: {r.compiler_message} |", flush=True)
+
+
+def run_loss_only(batches: list[int], topologies: list[str], dim: int) -> None:
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from clipjax.aot.compile import requested_bytes, topology_devices
+    from clipjax.aot.topology import parse_topology
+    from clipjax.losses import LossSpec, contrastive_loss
+    from clipjax.parallel import build_mesh
+
+    print("| global batch | chips | strategy | temporaries / chip | fits |")
+    print("|---:|---:|---|---:|---|")
+    for topology_name in topologies:
+        topology = parse_topology(topology_name)
+        mesh = build_mesh({"data": -1, "fsdp": 1, "tensor": 1}, topology_devices(topology), True)
+        for batch in batches:
+            rows = NamedSharding(mesh, P("data", None))
+            emb = jax.ShapeDtypeStruct((batch, dim), jnp.float32, sharding=rows)
+            scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))
+            for strategy, group in (("gather", 1), ("grouped", 4), ("ring", 1)):
+                spec = LossSpec(strategy=strategy, group_size=group)
+
+                def loss(x, y, s, spec=spec, mesh=mesh):
+                    return contrastive_loss(x, y, s, mesh=mesh, batch_axes="data", spec=spec)[0]
+
+                fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+                lowered = fn.trace(emb, emb, scalar).lower(lowering_platforms=("tpu",))
+                try:
+                    temp = lowered.compile().memory_analysis().temp_size_in_bytes
+                    fits = temp <= topology.chip.hbm_bytes
+                except jax.errors.JaxRuntimeError as exc:
+                    temp, fits = requested_bytes(str(exc)), False
+                name = f"grouped (g={group})" if strategy == "grouped" else strategy
+                print(
+                    f"| {batch:,} | {mesh.size} ({topology_name}) | {name} "
+                    f"| {gib(temp)} GiB | {'yes' if fits else 'NO'} |",
+                    flush=True,
+                )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--records", nargs="+", default=[], choices=sorted(RECORDS))
+    parser.add_argument("--loss-only", action="store_true")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1_048_576, 4_194_304])
+    parser.add_argument("--topologies", nargs="+", default=["v5p-16", "v5p-128"])
+    parser.add_argument("--dim", type=int, default=512)
+    args = parser.parse_args()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+
+    print(f"jax {jax.__version__}, TPU compiler: libtpu, deviceless on this machine\n")
+    if args.records:
+        run_records(args.records)
+    if args.loss_only:
+        run_loss_only(args.batches, args.topologies, args.dim)
+
+
+if __name__ == "__main__":
+    main()
