@@ -154,20 +154,16 @@ def _compile_parser(commands) -> None:
 def _compile(args, overrides: list[str]) -> int:
     import json
 
+    from clipjax.aot.compile import TpuCompilerMissing, compile_for_topology
+    from clipjax.aot.report import format_report
     from clipjax.aot.topology import parse_topology
 
     try:
         topology = parse_topology(args.topology, args.slices)
         config = load_config(args.config)
         apply_overrides(config, overrides)
-        from clipjax.aot.compile import TpuCompilerMissing, compile_for_topology
-        from clipjax.aot.report import format_report
-
         report = compile_for_topology(config, topology)
-    except (ConfigError, ValueError) as exc:
-        print(f"clipjax: {exc}", file=sys.stderr)
-        return 2
-    except TpuCompilerMissing as exc:
+    except (ConfigError, ValueError, TpuCompilerMissing) as exc:
         print(f"clipjax: {exc}", file=sys.stderr)
         return 2
     print(format_report(report))

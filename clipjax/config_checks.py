@@ -340,6 +340,13 @@ def _optim_and_train(c, problems: list[str]) -> None:
         problems.append("loss.kind='sigmoid' needs model.logit_bias_init (SigLIP uses -10.0)")
     if c.train.accum_steps < 1:
         problems.append(f"train.accum_steps={c.train.accum_steps} must be at least 1")
+    if c.train.host_batch and c.data.source == "xor":
+        problems.append("train.host_batch=True keeps images in host memory; this data has none")
+    elif c.train.host_batch and c.data.image_size % 2:
+        problems.append(
+            f"train.host_batch=True packs pixels into 4-byte words: data.image_size="
+            f"{c.data.image_size} must be even"
+        )
     if c.train.host_batch and c.train.accum_steps < 2:
         problems.append(
             "train.host_batch=True streams micro-batches from host memory: set "

@@ -11,6 +11,7 @@ from clipjax.losses import LossSpec
 from clipjax.parallel import build_mesh, rules_table
 from clipjax.train.objective import ObjectiveSpec, make_objective
 from clipjax.train.optim import build_optimizer
+from clipjax.train.program import packed_words
 from clipjax.train.state import create_train_state
 from clipjax.train.step import make_grad_fn, merge_micro, pixel_normalizer, split_micro
 
@@ -62,7 +63,7 @@ def test_accumulated_gradients_equal_full_batch(loss):
 
 
 def test_host_streamed_accumulation_equals_full_batch_with_uint8_pixels():
-    """`host_batch`: the batch waits in pinned host memory, split `[k, B/k, ...]` on the
+    """`host_batch`: the images wait in pinned host memory, split `[k, B/k, ...]` on the
     host, and each GradCache pass moves one micro-batch to the devices; pixels are
     normalised per micro-batch. Loss and gradients equal the full batch's."""
     spec, mesh, params, _ = setup(None)
@@ -77,12 +78,13 @@ def test_host_streamed_accumulation_equals_full_batch_with_uint8_pixels():
     objective = make_objective(ObjectiveSpec(), LossSpec(strategy="ring"), mesh, axes)
 
     def grads(k, host):
-        fn = make_grad_fn(spec, objective, mesh, axes, k, normalize=normalize, host_batch=host)
+        in_host = {"image": (32, 32, 3)} if host else None
+        fn = make_grad_fn(spec, objective, mesh, axes, k, normalize=normalize, host_entries=in_host)
+        placed = {n: jax.device_put(v, NamedSharding(mesh, P(axes))) for n, v in batch.items()}
         if host:
             sharding = NamedSharding(mesh, P(None, axes), memory_kind="pinned_host")
-            placed = {n: jax.device_put(split_micro(v, 8, k), sharding) for n, v in batch.items()}
-        else:
-            placed = {n: jax.device_put(v, NamedSharding(mesh, P(axes))) for n, v in batch.items()}
+            words = packed_words(batch["image"])
+            placed["image"] = jax.device_put(split_micro(words, 8, k), sharding)
         return jax.device_get(jax.jit(fn)(params, placed, jax.random.key(0)))
 
     loss_1, _, grads_1 = grads(1, host=False)

@@ -157,10 +157,11 @@ def shard_bytes(tree) -> int:
 
 def memory_terms(program, stats) -> dict[str, int]:
     """Per-chip bytes in HBM: the train state (parameters and optimizer), the batch
-    (none with `train.host_batch`), argument padding, XLA's temporaries, outputs not
+    (without its images with `train.host_batch`), argument padding, XLA's temporaries, outputs not
     written over a donated input, code, and their total; then what stays in host memory."""
     state = shard_bytes(program.plan.abstract)
-    batch = 0 if program.host_batch else shard_bytes(program.abstract_batch())
+    on_chip = {k: v for k, v in program.abstract_batch().items() if k not in program.host_entries}
+    batch = shard_bytes(on_chip)
     terms = {
         "state": state,
         "batch": batch,

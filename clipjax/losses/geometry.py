@@ -34,13 +34,18 @@ def uniformity(scorer: PairScorer, rows, cols, group_batch: int, groups: int) ->
     return jax.lax.psum(value, GROUP) / groups
 
 
+LOCAL_UNIFORMITY_ROWS = 2048  # the logged estimate's rows per device: O(rows^2) scores
+
+
 def local_uniformity(rows, cols) -> jax.Array | None:
-    """The same statistic over each device's own rows only, averaged over devices:
-    a communication-free estimate for logging when the term is not in the loss.
-    None when a device holds a single row (there is no pair to measure)."""
-    count = rows.shape[0]
+    """The same statistic over each device's own rows only (its first
+    `LOCAL_UNIFORMITY_ROWS`: at 524,288 rows a device, all pairs would be 1 TiB of
+    scores), averaged over devices: a communication-free estimate for logging when the
+    term is not in the loss. None when a device holds a single row (no pair to measure)."""
+    count = min(rows.shape[0], LOCAL_UNIFORMITY_ROWS)
     if count < 2:
         return None
+    rows, cols = rows[:count], cols[:count]
     scores = 4.0 * rows @ cols.T
     scores = jnp.where(jnp.eye(count, dtype=bool), -jnp.inf, scores)
     value = jax.nn.logsumexp(scores) - 4.0 - math.log(count * (count - 1))

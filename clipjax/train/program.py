@@ -7,6 +7,7 @@ what is measured is what is trained.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -42,37 +43,43 @@ class StepProgram:
         return batch_sharding(self.mesh, self.rules, ndim)
 
     @property
-    def host_batch(self) -> bool:
-        return bool(self.config.train.get("host_batch", False))
+    def host_entries(self) -> dict[str, tuple[int, ...]]:
+        """The batch entries kept in host memory (`train.host_batch`): the pixels."""
+        return host_entries(self.config)
 
-    def batch_shape(self, example_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """A global batch entry's shape: `[B, ...]`, or `[k, B/k, ...]` for a host batch."""
+    def batch_shape(self, name: str, example_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """A global batch entry's shape: `[B, ...]`, or `[k, B/k, example bytes / 4]` in
+        host memory."""
         rows, k = self.config.train.batch_size, self.config.train.accum_steps
-        return (k, rows // k, *example_shape) if self.host_batch else (rows, *example_shape)
+        if name in self.host_entries:
+            return (k, rows // k, math.prod(example_shape) // 4)
+        return (rows, *example_shape)
 
     def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
         """One global batch as shapes, dtypes and shardings: nothing allocated."""
         return {
             name: jax.ShapeDtypeStruct(
-                self.batch_shape(shape), dtype, sharding=self.batch_shardings[name]
+                self.batch_shape(name, shape),
+                np.dtype(np.uint32) if name in self.host_entries else dtype,
+                sharding=self.batch_shardings[name],
             )
             for name, (shape, dtype) in batch_layout(self.config).items()
         }
 
     def place_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """This process's rows of a batch -> the global arrays the step takes."""
-        if not self.host_batch:
-            return to_global(batch, self.sharding_for)
+        """This process's rows of a batch -> the global arrays the step takes; entries
+        kept in host memory are split into micro-batches here, on the host."""
+        placed = to_global({k: v for k, v in batch.items() if k not in self.host_entries},
+                           self.sharding_for)  # fmt: skip
         shards = axis_size(self.mesh, self.rules.get("batch")) // jax.process_count()
-        k = self.config.train.accum_steps
-        return {
-            name: jax.make_array_from_process_local_data(
+        for name in self.host_entries:
+            value = batch[name]
+            placed[name] = jax.make_array_from_process_local_data(
                 self.batch_shardings[name],
-                split_micro(value, shards, k),
-                self.batch_shape(value.shape[1:]),
+                split_micro(packed_words(value), shards, self.config.train.accum_steps),
+                self.batch_shape(name, value.shape[1:]),
             )
-            for name, value in batch.items()
-        }
+        return placed
 
     def lower(self, platforms: Sequence[str] | None = None) -> jax.stages.Lowered:
         """The step lowered on abstract state and batch, for `platforms` (default: the
@@ -92,7 +99,7 @@ def build_step_program(config, mesh: Mesh) -> StepProgram:
     schedule = learning_rate_schedule(config.optim, config.train.steps)
     tx = build_optimizer(config.optim, config.train.steps, frozen)
     plan = plan_train_state(config.model, config.seed, tx, mesh, rules)
-    host_batch = bool(config.train.get("host_batch", False))
+    in_host = host_entries(config)
     grad_fn = make_grad_fn(
         plan.spec,
         objective_from_config(config, mesh, batch_axes),
@@ -101,19 +108,35 @@ def build_step_program(config, mesh: Mesh) -> StepProgram:
         config.train.accum_steps,
         frozen=frozen,
         normalize=pixel_normalizer(config.data.mean, config.data.std),
-        host_batch=host_batch,
+        host_entries=in_host,
     )
     batch_shardings = {
-        name: _batch_placement(mesh, rules, len(shape) + 1, host_batch)
+        name: _batch_placement(mesh, rules, len(shape) + 1, name in in_host)
         for name, (shape, _) in batch_layout(config).items()
     }
     step = make_train_step(grad_fn, tx, plan.shardings, batch_shardings, schedule, config.seed)
     return StepProgram(config, mesh, rules, plan, tx, schedule, batch_shardings, step)
 
 
-def _batch_placement(mesh: Mesh, rules, ndim: int, host_batch: bool) -> NamedSharding:
-    """Batch-sharded on the chips, or split `[k, B/k, ...]` in pinned host memory."""
-    if not host_batch:
+def host_entries(config) -> dict[str, tuple[int, ...]]:
+    """With `train.host_batch`, the images wait in host memory (name: example shape); the
+    tokens are small and stay on the chips (the TPU compiler of libtpu 0.0.42 rejects
+    slicing an int32 token array held in host memory: a RET_CHECK on its tiled layout)."""
+    if not config.train.get("host_batch", False):
+        return {}
+    return {"image": batch_layout(config)["image"][0]}
+
+
+def packed_words(pixels: np.ndarray) -> np.ndarray:
+    """uint8 `[n, ...]` -> uint32 `[n, bytes / 4]`, each example's bytes in words."""
+    flat = np.ascontiguousarray(pixels, dtype=np.uint8).reshape(len(pixels), -1)
+    if flat.shape[1] % 4:
+        raise ValueError(f"{flat.shape[1]} bytes per example do not pack into uint32 words")
+    return flat.view(np.uint32)
+
+
+def _batch_placement(mesh: Mesh, rules, ndim: int, in_host: bool) -> NamedSharding:
+    """Batch-sharded on the chips, or split `[k, B/k, words]` in pinned host memory."""
+    if not in_host:
         return batch_sharding(mesh, rules, ndim)
-    spec = P(None, rules.get("batch"), *([None] * (ndim - 1)))
-    return NamedSharding(mesh, spec, memory_kind="pinned_host")
+    return NamedSharding(mesh, P(None, rules.get("batch"), None), memory_kind="pinned_host")

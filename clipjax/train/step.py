@@ -8,15 +8,20 @@ The result equals the full-batch gradient; peak activation memory is that of
 one micro-batch. uint8 pixels become floats one micro-batch at a time, inside
 those passes: a float32 copy of the whole batch never exists.
 
-With `host_batch`, the batch arrives already split (`[k, B/k, ...]`, see
-`host_layout`) in host memory (`pinned_host`), and each pass moves one
-micro-batch at a time to the chips: HBM then holds one micro-batch of pixels,
-never the whole batch.
+The `host_entries` of the batch (the images, with `train.host_batch`) arrive
+already split into `split_micro`'s micro-batches on the host, each example's
+bytes packed into uint32 words (`[k, B/k, H*W*C/4]`, see `StepProgram.place_batch`),
+and in host memory (`pinned_host`); each pass moves one micro-batch at a time to
+the chips and unpacks it there. HBM then holds one micro-batch of pixels, never
+the whole batch. (Measured with libtpu 0.0.42: with uint8 arrays the TPU compiler
+re-tiles the whole host array through HBM, from uint8's 32-row tiles to 8-row
+ones, which costs a full copy of the batch on every chip; 32-bit words keep one
+tiling.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -72,12 +77,14 @@ def make_grad_fn(
     accum_steps: int = 1,
     frozen: Sequence[str] = (),
     normalize: Callable[[jax.Array], jax.Array] | None = None,
-    host_batch: bool = False,
+    host_entries: Mapping[str, tuple[int, ...]] | None = None,
 ) -> GradFn:
     """`grad_fn(params, batch, rng) -> (loss, metrics, grads)`; `objective` scores the
     model's `train_outputs` (see train.objective); `normalize` turns the batch's uint8
     images into floats (`pixel_normalizer`), per micro-batch when accumulating;
-    `host_batch` takes the batch split and in host memory (see the module docstring)."""
+    `host_entries` (name: uint8 example shape) arrive split, packed into uint32 words
+    and in host memory (see the module docstring)."""
+    host_entries = dict(host_entries or {})
 
     def outputs(params: dict, batch: dict) -> dict:
         if normalize is not None and "image" in batch:
@@ -101,14 +108,15 @@ def make_grad_fn(
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec_))
 
     def fetch(micro_batch: dict) -> dict:
-        """One micro-batch onto the chips (from host memory with `host_batch`)."""
-        if not host_batch:
-            return micro_batch
+        """One micro-batch's host entries onto the chips, unpacked to uint8 examples."""
+        on_chip = NamedSharding(mesh, P(batch_axes, None), memory_kind="device")
+
+        def unpack(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+            words = jax.device_put(x, on_chip)
+            return jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(x.shape[0], *shape)
+
         return {
-            name: jax.device_put(
-                x,
-                NamedSharding(mesh, P(batch_axes, *([None] * (x.ndim - 1))), memory_kind="device"),
-            )
+            name: unpack(x, host_entries[name]) if name in host_entries else x
             for name, x in micro_batch.items()
         }
 
@@ -122,10 +130,10 @@ def make_grad_fn(
         return out["embeddings"]
 
     def accumulated(params: dict, batch: dict, rng: jax.Array):
-        if host_batch:
-            micro = batch
-        else:
-            micro = jax.tree.map(lambda x: constrain(split_micro(x, shards, accum_steps)), batch)
+        micro = {
+            name: x if name in host_entries else constrain(split_micro(x, shards, accum_steps))
+            for name, x in batch.items()
+        }
         frozen_params = jax.lax.stop_gradient(params)
         _, stacked = jax.lax.scan(lambda c, mb: (c, embed(frozen_params, fetch(mb))), None, micro)
         embeddings = jax.tree.map(lambda x: merge_micro(x, shards), stacked)
