@@ -67,13 +67,50 @@ def run_records(names: list[str]) -> None:
             print(f"|   compiler: {r.compiler_message} |", flush=True)
 
 
+def largest_batch(model: str, topology: str, micro: int, low: int, high: int) -> None:
+    """Binary search over powers of two for the largest global batch whose step fits,
+    with ring, scanned blocks, full remat, host-memory pixels and `micro` rows per chip
+    per micro-batch."""
+    from clipjax.aot.compile import compile_for_topology
+    from clipjax.aot.topology import parse_topology
+    from clipjax.config import apply_overrides, load_config
+
+    slice_ = parse_topology(topology)
+    best = None
+    while low <= high:
+        exponent = (low + high) // 2
+        batch = 2**exponent
+        config = load_config(f"configs/clip/{model}.py")
+        accum = max(2, batch // (slice_.chips * micro))
+        apply_overrides(config, [f"train.batch_size={batch}", f"train.accum_steps={accum}",
+                                 "train.host_batch=True", *LARGE])  # fmt: skip
+        r = compile_for_topology(config, slice_)
+        used = r.requested_bytes if r.requested_bytes is not None else r.total_bytes
+        print(f"|   {model} {topology} {batch:,}: {gib(used)} GiB, fits={r.fits}", flush=True)
+        if r.fits:
+            best, low = r, exponent + 1
+        else:
+            high = exponent - 1
+    if best is None:
+        print(f"| {model} | {topology} | none from 2^{low} | | | |", flush=True)
+        return
+    m = best.memory
+    host = (m["host_arguments"] + m["host_temporaries"]) * best.chips / best.hosts
+    print(
+        f"| {model} | {topology} ({best.chips} chips) | {best.global_batch:,} | {micro} "
+        f"| {gib(m['state'])} + {gib(m['temporaries'])} = {gib(best.total_bytes)} "
+        f"/ {gib(best.hbm_bytes)} | {gib(host)} |",
+        flush=True,
+    )
+
+
 def run_loss_only(batches: list[int], topologies: list[str], dim: int) -> None:
     import jax
     import jax.numpy as jnp
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from clipjax.aot.compile import requested_bytes, topology_devices
+    from clipjax.aot.compile import requested_bytes
     from clipjax.aot.topology import parse_topology
     from clipjax.losses import LossSpec, contrastive_loss
     from clipjax.parallel import build_mesh
@@ -82,7 +119,7 @@ def run_loss_only(batches: list[int], topologies: list[str], dim: int) -> None:
     print("|---:|---:|---|---:|---|")
     for topology_name in topologies:
         topology = parse_topology(topology_name)
-        mesh = build_mesh({"data": -1, "fsdp": 1, "tensor": 1}, topology_devices(topology), True)
+        mesh = build_mesh({"data": -1, "fsdp": 1, "tensor": 1}, topology.devices(), True)
         for batch in batches:
             rows = NamedSharding(mesh, P("data", None))
             emb = jax.ShapeDtypeStruct((batch, dim), jnp.float32, sharding=rows)
@@ -115,6 +152,15 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1_048_576, 4_194_304])
     parser.add_argument("--topologies", nargs="+", default=["v5p-16", "v5p-128"])
     parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument(
+        "--largest",
+        nargs="+",
+        default=[],
+        metavar="MODEL:TOPOLOGY",
+        help="e.g. vit_l14:v5p-8: the largest power-of-two batch that fits",
+    )
+    parser.add_argument("--micro", type=int, default=128, help="rows per chip per micro-batch")
+    parser.add_argument("--exponents", type=int, nargs=2, default=[14, 24])
     args = parser.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
@@ -122,6 +168,15 @@ def main() -> None:
     print(f"jax {jax.__version__}, TPU compiler: libtpu, deviceless on this machine\n")
     if args.records:
         run_records(args.records)
+    if args.largest:
+        print(
+            "| model | topology | largest batch | micro-batch / chip | HBM / chip: state + "
+            "temporaries = total / capacity (GiB) | host memory / host (GiB) |"
+        )
+        print("|---|---|---:|---:|---|---:|")
+        for item in args.largest:
+            model, topology = item.split(":")
+            largest_batch(model, topology, args.micro, *args.exponents)
     if args.loss_only:
         run_loss_only(args.batches, args.topologies, args.dim)
 

@@ -154,16 +154,21 @@ def _compile_parser(commands) -> None:
 def _compile(args, overrides: list[str]) -> int:
     import json
 
-    from clipjax.aot.compile import TpuCompilerMissing, compile_for_topology
-    from clipjax.aot.report import format_report
-    from clipjax.aot.topology import parse_topology
+    from clipjax.aot.topology import CompilerMissing, parse_topology
 
     try:
         topology = parse_topology(args.topology, args.slices)
+        if topology.platform == "cuda":
+            from clipjax.aot.gpu_topology import use_deviceless_flags
+
+            use_deviceless_flags(os.environ)
+        from clipjax.aot.compile import compile_for_topology
+        from clipjax.aot.report import format_report
+
         config = load_config(args.config)
         apply_overrides(config, overrides)
         report = compile_for_topology(config, topology)
-    except (ConfigError, ValueError, TpuCompilerMissing) as exc:
+    except (ConfigError, ValueError, CompilerMissing) as exc:
         print(f"clipjax: {exc}", file=sys.stderr)
         return 2
     print(format_report(report))

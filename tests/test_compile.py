@@ -20,6 +20,11 @@ needs_libtpu = pytest.mark.skipif(
     not HAVE_LIBTPU and os.environ.get("CLIPJAX_REQUIRE_TPU_COMPILER") != "1",
     reason="libtpu is not installed (uv sync --extra tpu-aot)",
 )
+HAVE_CUDA_PLUGIN = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+needs_gpu_compiler = pytest.mark.skipif(
+    not HAVE_CUDA_PLUGIN and os.environ.get("CLIPJAX_REQUIRE_GPU_COMPILER") != "1",
+    reason="XLA's GPU compiler is not installed (uv sync --extra gpu-aot)",
+)
 
 
 @pytest.mark.parametrize(
@@ -44,6 +49,22 @@ def test_accelerator_types_map_to_compiler_shapes(name, compiler_name, chips, ho
 @pytest.mark.parametrize("bad", ["v5p-12", "v5e-3", "v7-8", "tpu", "v5e:4x4x4", "v5p-2"])
 def test_unknown_topology_is_refused_with_the_valid_names(bad):
     with pytest.raises(ValueError, match=r"not a TPU slice.*v5e-256.*v5p-512"):
+        parse_topology(bad)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "gpus", "hosts"),
+    [("h100x8", "h100", 8, 1), ("h200x64", "h200", 64, 8), ("a100x4", "a100", 4, 1)],
+)
+def test_gpu_sets_by_name(name, kind, gpus, hosts):
+    topology = parse_topology(name)
+    assert (topology.kind, topology.chips, topology.hosts) == (kind, gpus, hosts)
+    assert topology.platform == "cuda" and topology.hbm_bytes > 79 * 2**30
+
+
+@pytest.mark.parametrize("bad", ["h100x12", "h100x0", "b200x8", "h100"])
+def test_unknown_gpu_sets_are_refused(bad):
+    with pytest.raises(ValueError, match="not a"):
         parse_topology(bad)
 
 
@@ -114,6 +135,13 @@ def test_every_family_compiles_for_a_tpu_slice(family, strategy, tmp_path):
 
 
 @needs_libtpu
+@pytest.mark.parametrize("name", ["v4-8", "v5p-8", "v6e-4"])
+def test_each_generation_gives_one_device_per_chip(name):
+    devices = parse_topology(name).devices()
+    assert len(devices) == 4 and len({tuple(d.coords) for d in devices}) == 4
+
+
+@needs_libtpu
 def test_compile_command_reports_a_fit_and_writes_json(tmp_path, capsys):
     out = tmp_path / "report.json"
     code = main(
@@ -160,3 +188,17 @@ def test_a_host_batch_leaves_hbm_and_waits_in_host_memory(tmp_path):
     assert on_chip["batch"] == pixels + tokens and on_chip["host_arguments"] == 0
     # the pixels wait in host memory instead (its host layout may pad them)
     assert in_host["batch"] == tokens and in_host["host_arguments"] >= pixels
+
+
+@needs_gpu_compiler
+def test_compile_for_eight_h100s_without_a_gpu(capsys, monkeypatch):
+    """XLA's GPU compiler from a target description: the tiny CLIP step for h100x8."""
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # restored afterwards
+    code = main(
+        ["compile", "--config=configs/clip/tiny.py", "--topology=h100x8",
+         "--config.train.batch_size=256", "--config.loss.strategy='ring'"]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "8 NVIDIA H100 80GB HBM3 GPUs" in printed and "fits         yes" in printed
+    assert "XLA's GPU compiler" in printed

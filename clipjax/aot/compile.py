@@ -1,4 +1,4 @@
-"""Compile the train step for a TPU slice on a machine without TPUs.
+"""Compile the train step for a TPU slice (or GPUs) on a machine without them.
 
 The step is `clipjax train`'s own (`train.program`), built over the topology's
 devices with abstract state and batch: nothing is allocated and no data is read.
@@ -15,17 +15,13 @@ from dataclasses import asdict, dataclass, field
 
 import jax
 
-from clipjax.aot.libtpu_env import quiet_libtpu
+from clipjax.aot.gpu_topology import GpuTopology
 from clipjax.aot.topology import Topology
 from clipjax.config import validate
 from clipjax.flops import device_peak, train_flops_per_example
 from clipjax.parallel import build_mesh
 from clipjax.train.program import build_step_program
 
-INSTALL_HINT = (
-    "the TPU compiler (libtpu) is not installed; install the extra that brings the version "
-    "matching jaxlib: `uv sync --extra tpu-aot` (or `pip install 'jax[tpu]==<your jax>'`)"
-)
 MEMORY_FIELDS = (
     "model.remat ('full' recomputes each block in the backward pass)",
     "mesh.fsdp (shards parameters and optimizer state over more chips)",
@@ -36,15 +32,12 @@ MEMORY_FIELDS = (
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}
 
 
-class TpuCompilerMissing(RuntimeError):
-    """libtpu is not importable."""
-
-
 @dataclass
 class CompileReport:
     """What the TPU compiler says of one config on one topology; sizes are per chip."""
 
     topology: str
+    compiler: str
     chips: int
     hosts: int
     mesh: dict[str, int]
@@ -91,46 +84,28 @@ class CompileReport:
         return out
 
 
-def topology_devices(topology: Topology) -> list:
-    """The slice's devices as the TPU compiler describes them (no TPU needed)."""
-    quiet_libtpu(accelerator=f"{topology.chip.generation}-{topology.chips}")
-    try:
-        import libtpu  # noqa: F401
-    except ImportError as exc:
-        raise TpuCompilerMissing(INSTALL_HINT) from exc
-    from jax.experimental import topologies
-
-    description = topologies.get_topology_desc(
-        platform="tpu",
-        topology_name=topology.name,
-        chip_config_name="default",
-        chips_per_host_bounds=topology.host_bounds,
-        num_slices=topology.slices,
-    )
-    return list(description.devices)
-
-
-def compile_for_topology(config, topology: Topology) -> CompileReport:
-    """Validates `config` for the slice, compiles its train step with the TPU compiler
-    and reports per-chip memory, FLOPs and whether it fits."""
-    devices = topology_devices(topology)
+def compile_for_topology(config, topology: Topology | GpuTopology) -> CompileReport:
+    """Validates `config` for the slice (or GPUs), compiles its train step with the
+    platform's compiler and reports per-chip memory, FLOPs and whether it fits."""
+    devices = topology.devices()
     validate(config, len(devices), topology.hosts, reads_data=False)
     mesh = build_mesh(config.mesh, devices, whole_slice=True)
     program = build_step_program(config, mesh)
     report = CompileReport(
         topology=topology.describe(),
+        compiler=topology.compiler,
         chips=len(devices),
         hosts=topology.hosts,
         mesh=dict(mesh.shape),
         global_batch=config.train.batch_size,
-        hbm_bytes=topology.chip.hbm_bytes,
-        hbm_source=topology.chip.source,
+        hbm_bytes=topology.hbm_bytes,
+        hbm_source=topology.hbm_source,
         fits=False,
         compile_seconds=0.0,
     )
     started = time.perf_counter()
     try:
-        compiled = program.lower(platforms=("tpu",)).compile()
+        compiled = program.lower(platforms=(topology.platform,)).compile()
     except jax.errors.JaxRuntimeError as exc:
         report.compile_seconds = time.perf_counter() - started
         if "RESOURCE_EXHAUSTED" not in str(exc):
@@ -201,8 +176,10 @@ def _first_line(message: str) -> str:
 
 def _add_flops(report: CompileReport, config, compiled, device) -> None:
     cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    cost = (cost[0] if isinstance(cost, list | tuple) else cost) or {}  # None on GPU
     report.compiled_flops = float(cost.get("flops", 0.0)) or None
+    if report.compiled_flops is None:
+        report.notes.append("this compiler gives no cost analysis: FLOPs are the architecture's")
     peak = device_peak(device, "bfloat16")
     report.peak_flops, report.peak_source = peak.flops_per_s, peak.source
     model = config.model
@@ -216,7 +193,7 @@ def _add_flops(report: CompileReport, config, compiled, device) -> None:
         loops.append("scanned blocks (model.scan_layers)")
     if config.train.accum_steps > 1:
         loops.append(f"the {config.train.accum_steps} accumulation steps")
-    if loops:
+    if loops and report.compiled_flops:
         report.notes.append(
             "XLA counts a loop's body once, not per trip: its FLOPs undercount "
             + " and ".join(loops)

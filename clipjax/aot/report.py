@@ -27,7 +27,7 @@ def format_report(r: CompileReport) -> str:
         f"topology     {r.topology}",
         f"mesh         {mesh}; global batch {r.global_batch:,} "
         f"({r.global_batch / r.chips:,.0f} per chip)",
-        f"compile      {r.compile_seconds:.1f} s (TPU compiler, on this machine)",
+        f"compile      {r.compile_seconds:.1f} s ({r.compiler}, on this machine)",
         f"HBM per chip {gib(r.hbm_bytes)} ({r.hbm_source})",
     ]
     if r.requested_bytes is not None or not r.memory:
@@ -38,7 +38,8 @@ def format_report(r: CompileReport) -> str:
     lines.append(f"  {'total':<31} {gib(r.total_bytes):>14}")
     host = r.memory.get("host_arguments", 0) + r.memory.get("host_temporaries", 0)
     if host:
-        lines.append(f"  {'in host memory (not HBM)':<31} {gib(host):>14}")
+        per_host = gib(host * r.chips / r.hosts)
+        lines.append(f"  {'in host memory (not HBM)':<31} {gib(host):>14}  ({per_host} per host)")
     if r.fits:
         lines.append(f"fits         yes: {gib(r.headroom_bytes)} headroom "
                      f"({r.headroom_bytes / r.hbm_bytes:.0%} of HBM)")  # fmt: skip

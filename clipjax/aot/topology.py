@@ -14,6 +14,17 @@ import math
 import re
 from dataclasses import dataclass
 
+from clipjax.aot.libtpu_env import quiet_libtpu
+
+INSTALL_HINT = (
+    "the TPU compiler (libtpu) is not installed; install the extra that brings the version "
+    "matching jaxlib: `uv sync --extra tpu-aot` (or `pip install 'jax[tpu]==<your jax>'`)"
+)
+
+
+class CompilerMissing(RuntimeError):
+    """The compiler for the requested platform is not installed."""
+
 
 @dataclass(frozen=True)
 class Chip:
@@ -25,6 +36,11 @@ class Chip:
     cores_per_chip: int  # in the accelerator type's count
     compiler_name: str  # the prefix of the compiler's topology name
     source: str
+
+    @property
+    def chip_config(self) -> str:
+        """Two TensorCores as one device per chip ("megacore"), as JAX runs v4 and v5p."""
+        return "megacore" if self.cores_per_chip == 2 else "default"
 
 
 GiB = 2**30
@@ -65,9 +81,38 @@ class Topology:
     def hosts(self) -> int:
         return self.chips // math.prod(self.host_bounds)
 
+    platform = "tpu"
+    compiler = "the TPU compiler (libtpu)"
+
+    @property
+    def hbm_bytes(self) -> int:
+        return self.chip.hbm_bytes
+
+    @property
+    def hbm_source(self) -> str:
+        return self.chip.source
+
     def describe(self) -> str:
         slices = f" x {self.slices} slices" if self.slices > 1 else ""
         return f"{self.name}{slices}: {self.chips} {self.chip.generation} chips, {self.hosts} hosts"
+
+    def devices(self) -> list:
+        """The slice's devices as the TPU compiler describes them (no TPU needed)."""
+        quiet_libtpu(accelerator=f"{self.chip.generation}-{self.chips}")
+        try:
+            import libtpu  # noqa: F401
+        except ImportError as exc:
+            raise CompilerMissing(INSTALL_HINT) from exc
+        from jax.experimental import topologies
+
+        description = topologies.get_topology_desc(
+            platform="tpu",
+            topology_name=self.name,
+            chip_config_name=self.chip.chip_config,
+            chips_per_host_bounds=self.host_bounds,
+            num_slices=self.slices,
+        )
+        return list(description.devices)
 
 
 def _grown_shape(chips: int, dims: int) -> tuple[int, ...] | None:
@@ -95,10 +140,15 @@ def known_names() -> list[str]:
     return names
 
 
-def parse_topology(text: str, slices: int = 1) -> Topology:
-    """`v5p-512`, `v5litepod-256`, `v5e-16`, `v6e-256`, `v4-128` or a raw `v5p:4x4x4`."""
+def parse_topology(text: str, slices: int = 1):
+    """`v5p-512`, `v5litepod-256`, `v5e-16`, `v6e-256`, `v4-128` or a raw `v5p:4x4x4`; or
+    GPUs, `h100x8` (see `gpu_topology`)."""
     if slices < 1:
         raise ValueError(f"--slices={slices} must be at least 1")
+    from clipjax.aot.gpu_topology import GPUS, parse_gpus
+
+    if text.strip().lower().startswith(tuple(GPUS)):
+        return parse_gpus(text, slices)
     raw = re.fullmatch(r"(v\w+?):(\d+(?:x\d+)+)", text.strip())
     if raw:
         chip = _generation(raw.group(1))
@@ -121,5 +171,5 @@ def _unknown(text: str) -> str:
     return (
         f"--topology={text!r} is not a TPU slice; expected an accelerator type "
         f"({', '.join(known_names())}) or a compiler shape such as v5p:4x4x12 or v5e:4x8 "
-        f"(generations {', '.join(CHIPS)})"
+        f"(generations {', '.join(CHIPS)}); or GPUs such as h100x8"
     )
