@@ -3,6 +3,7 @@
     uv sync --extra tpu-aot
     uv run python bench/pod_memory.py --records l14-1m-v5p128 l14-4m-v5p16-host
     uv run python bench/pod_memory.py --loss-only --topologies v5p-16 v5p-128
+    uv run python bench/pod_memory.py --compile-time vit_b16 vit_l14
 
 Each record is `clipjax compile` on a config (the same step `clipjax train` runs);
 `--loss-only` compiles the contrastive loss's forward and backward alone (d=512,
@@ -104,6 +105,27 @@ def largest_batch(model: str, topology: str, micro: int, low: int, high: int) ->
     )
 
 
+def compile_times(models: list[str], topology: str, batch: int) -> None:
+    """The TPU compiler's time for the train step with unrolled vs scanned blocks."""
+    from clipjax.aot.compile import compile_for_topology
+    from clipjax.aot.topology import parse_topology
+    from clipjax.config import apply_overrides, load_config
+
+    print("| model | topology | unrolled (s) | scanned (s) | unrolled / scanned |")
+    print("|---|---|---:|---:|---:|")
+    for model in models:
+        seconds = {}
+        for scan in (False, True):
+            config = load_config(f"configs/clip/{model}.py")
+            apply_overrides(config, [f"train.batch_size={batch}", f"model.scan_layers={scan}"])
+            seconds[scan] = compile_for_topology(config, parse_topology(topology)).compile_seconds
+        print(
+            f"| {model} | {topology}, batch {batch:,} | {seconds[False]:.1f} | {seconds[True]:.1f} "
+            f"| {seconds[False] / seconds[True]:.2f}x |",
+            flush=True,
+        )
+
+
 def run_loss_only(batches: list[int], topologies: list[str], dim: int) -> None:
     import jax
     import jax.numpy as jnp
@@ -161,6 +183,9 @@ def main() -> None:
     )
     parser.add_argument("--micro", type=int, default=128, help="rows per chip per micro-batch")
     parser.add_argument("--exponents", type=int, nargs=2, default=[14, 24])
+    parser.add_argument("--compile-time", nargs="+", default=[], metavar="MODEL")
+    parser.add_argument("--compile-topology", default="v5p-8")
+    parser.add_argument("--compile-batch", type=int, default=256)
     args = parser.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
@@ -177,6 +202,8 @@ def main() -> None:
         for item in args.largest:
             model, topology = item.split(":")
             largest_batch(model, topology, args.micro, *args.exponents)
+    if args.compile_time:
+        compile_times(args.compile_time, args.compile_topology, args.compile_batch)
     if args.loss_only:
         run_loss_only(args.batches, args.topologies, args.dim)
 

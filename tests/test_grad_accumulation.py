@@ -94,3 +94,25 @@ def test_host_streamed_accumulation_equals_full_batch_with_uint8_pixels():
         jax.tree.map(
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), grads_k, grads_1
         )
+
+
+def test_trainer_with_host_batch_trains_like_the_batch_on_the_devices(tiny_config, tmp_path):
+    """`clipjax train` with `train.host_batch`: the loader's batches are packed and split
+    on the host (`StepProgram.place_batch`) and the losses equal those of the same
+    accumulation with the batch on the devices."""
+    from clipjax.config import apply_overrides
+    from clipjax.train.loop import train
+
+    losses = {}
+    for host in (False, True):
+        config = tiny_config.copy_and_resolve_references()
+        apply_overrides(
+            config,
+            ["train.steps=3", "train.log_every=1", "train.accum_steps=2",
+             f"train.host_batch={host}", "checkpoint.async_save=False"],
+        )  # fmt: skip
+        with config.unlocked():
+            config.evals = {}
+        losses[host] = train(config, tmp_path / str(host)).losses
+    assert len(losses[True]) == 3
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-6)
