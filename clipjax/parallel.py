@@ -58,9 +58,27 @@ def build_mesh(
     sizes = resolve_mesh_shape(mesh_config, len(devices))
     shape = tuple(sizes[axis] for axis in MESH_AXES)
     auto = (AxisType.Auto,) * len(MESH_AXES)
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if slices > 1:
+        return _multi_slice_mesh(sizes, devices, slices)
     if whole_slice or len(devices) == len(jax.devices()):  # JAX orders them for the topology
         return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
+
+
+def _multi_slice_mesh(sizes: dict[str, int], devices: Sequence, slices: int) -> Mesh:
+    """Slices joined over the data-center network: `data` spans them (its gradient
+    all-reduce is the only traffic between slices), every other axis stays in a slice."""
+    from jax.experimental import mesh_utils
+
+    if sizes["data"] % slices:
+        raise ValueError(
+            f"mesh.data={sizes['data']} must be a multiple of the {slices} slices: the data "
+            "axis spans the slices"
+        )
+    within = (sizes["data"] // slices, sizes["fsdp"], sizes["tensor"])
+    grid = mesh_utils.create_hybrid_device_mesh(within, (slices, 1, 1), devices)
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
 def rules_table(rules: Sequence[Sequence]) -> dict[str, MeshAxes]:

@@ -142,6 +142,18 @@ def test_each_generation_gives_one_device_per_chip(name):
 
 
 @needs_libtpu
+def test_two_slices_put_the_data_axis_across_them(tmp_path):
+    from clipjax.aot.compile import compile_for_topology
+
+    config = tiny_config("clip", "ring", tmp_path)
+    report = compile_for_topology(config, parse_topology("v5e-4", slices=2))
+    assert report.fits and report.chips == 8 and report.hosts == 2 and report.mesh["data"] == 8
+    apply_overrides(config, ["mesh.data=1", "mesh.fsdp=-1"])
+    with pytest.raises(ValueError, match="multiple of the 2 slices"):
+        compile_for_topology(config, parse_topology("v5e-4", slices=2))
+
+
+@needs_libtpu
 def test_compile_command_reports_a_fit_and_writes_json(tmp_path, capsys):
     out = tmp_path / "report.json"
     code = main(
