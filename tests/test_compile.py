@@ -15,12 +15,20 @@ from clipjax.aot.topology import parse_topology
 from clipjax.cli import main
 from clipjax.config import apply_overrides, load_config
 
-HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package (jax_plugins) is missing
+        return False
+
+
+HAVE_LIBTPU = installed("libtpu")
 needs_libtpu = pytest.mark.skipif(
     not HAVE_LIBTPU and os.environ.get("CLIPJAX_REQUIRE_TPU_COMPILER") != "1",
     reason="libtpu is not installed (uv sync --extra tpu-aot)",
 )
-HAVE_CUDA_PLUGIN = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+HAVE_CUDA_PLUGIN = installed("jax_plugins.xla_cuda12")
 needs_gpu_compiler = pytest.mark.skipif(
     not HAVE_CUDA_PLUGIN and os.environ.get("CLIPJAX_REQUIRE_GPU_COMPILER") != "1",
     reason="XLA's GPU compiler is not installed (uv sync --extra gpu-aot)",
