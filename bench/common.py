@@ -53,28 +53,18 @@ def bench_config(
 
 
 def clipjax_step(config, batch_size: int, devices=None):
-    """`(step, state, batch)`: the project's jitted train step (AdamW, softmax loss,
-    uint8 normalisation inside) with a synthetic batch placed on `devices`."""
+    """`(step, state, batch)`: the project's jitted train step (`train.program`, as
+    `clipjax train` builds it: AdamW, the config's loss, uint8 normalisation inside) with
+    a synthetic batch placed on `devices`."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from clipjax.parallel import batch_sharding, build_mesh, rules_table
-    from clipjax.train.objective import objective_from_config
-    from clipjax.train.optim import build_optimizer, learning_rate_schedule
-    from clipjax.train.state import create_train_state
-    from clipjax.train.step import make_grad_fn, make_train_step, pixel_normalizer
+    from clipjax.parallel import build_mesh
+    from clipjax.train.program import build_step_program
 
-    mesh = build_mesh(config.mesh, devices)
-    rules = rules_table(config.sharding_rules)
-    tx = build_optimizer(config.optim, 1000)
-    schedule = learning_rate_schedule(config.optim, 1000)
-    spec, state, state_sh = create_train_state(config.model, 0, tx, mesh, rules)
-    objective = objective_from_config(config, mesh, rules.get("batch"))
-    normalize = pixel_normalizer(config.data.mean, config.data.std)
-    grad_fn = make_grad_fn(spec, objective, mesh, rules.get("batch"), normalize=normalize)
-    shardings = {"image": batch_sharding(mesh, rules, 4), "text": batch_sharding(mesh, rules, 2)}
-    step = make_train_step(grad_fn, tx, state_sh, shardings, schedule)
+    program = build_step_program(config, build_mesh(config.mesh, devices))
+    state, shardings = program.plan.init(), program.batch_shardings
     rng = np.random.default_rng(0)
     size, context = config.model.image.image_size, config.model.text.context_length
     text = rng.integers(1, config.model.text.vocab_size - 1, (batch_size, context))
@@ -84,7 +74,7 @@ def clipjax_step(config, batch_size: int, devices=None):
         "text": text.astype(np.int32),
     }
     batch = {k: jax.device_put(jnp.asarray(v), shardings[k]) for k, v in batch.items()}
-    return step, state, batch
+    return program.step, state, batch
 
 
 def time_steps(step, state, batch, steps: int, warmup: int = 2):

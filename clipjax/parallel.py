@@ -60,13 +60,13 @@ def build_mesh(
     auto = (AxisType.Auto,) * len(MESH_AXES)
     slices = len({getattr(d, "slice_index", 0) for d in devices})
     if slices > 1:
-        return _multi_slice_mesh(sizes, devices, slices)
+        return _multi_slice_mesh(sizes, devices, slices, auto)
     if whole_slice or len(devices) == len(jax.devices()):  # JAX orders them for the topology
         return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
 
 
-def _multi_slice_mesh(sizes: dict[str, int], devices: Sequence, slices: int) -> Mesh:
+def _multi_slice_mesh(sizes: dict[str, int], devices: Sequence, slices: int, axis_types) -> Mesh:
     """Slices joined over the data-center network: `data` spans them (its gradient
     all-reduce is the only traffic between slices), every other axis stays in a slice."""
     from jax.experimental import mesh_utils
@@ -78,7 +78,7 @@ def _multi_slice_mesh(sizes: dict[str, int], devices: Sequence, slices: int) -> 
         )
     within = (sizes["data"] // slices, sizes["fsdp"], sizes["tensor"])
     grid = mesh_utils.create_hybrid_device_mesh(within, (slices, 1, 1), devices)
-    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 def rules_table(rules: Sequence[Sequence]) -> dict[str, MeshAxes]:

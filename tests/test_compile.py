@@ -161,14 +161,18 @@ def test_two_slices_put_the_data_axis_across_them(tmp_path):
         compile_for_topology(config, parse_topology("v5e-4", slices=2))
 
 
+def compile_tiny_clip(capsys, topology: str, *flags: str) -> tuple[int, str]:
+    """`clipjax compile` on the tiny CLIP config: (exit code, what it printed)."""
+    code = main(["compile", "--config=configs/clip/tiny.py", f"--topology={topology}", *flags])
+    return code, capsys.readouterr().out
+
+
 @needs_libtpu
 def test_compile_command_reports_a_fit_and_writes_json(tmp_path, capsys):
     out = tmp_path / "report.json"
-    code = main(
-        ["compile", "--config=configs/clip/tiny.py", "--topology=v5e-4", f"--out={out}",
-         "--config.train.batch_size=256"]
-    )  # fmt: skip
-    printed = capsys.readouterr().out
+    code, printed = compile_tiny_clip(
+        capsys, "v5e-4", f"--out={out}", "--config.train.batch_size=256"
+    )
     assert code == 0, printed
     assert "fits         yes" in printed and "MFU ceiling" in printed
     report = json.loads(out.read_text())
@@ -179,11 +183,9 @@ def test_compile_command_reports_a_fit_and_writes_json(tmp_path, capsys):
 @needs_libtpu
 def test_a_batch_that_cannot_fit_exits_3_with_the_size_and_the_fields(capsys):
     # gather at 1M: each chip scores 262,144 rows against 1,048,576 columns (1 TiB)
-    code = main(
-        ["compile", "--config=configs/clip/tiny.py", "--topology=v5e-4",
-         "--config.train.batch_size=1048576", "--config.loss.strategy='gather'"]
-    )  # fmt: skip
-    printed = capsys.readouterr().out
+    code, printed = compile_tiny_clip(
+        capsys, "v5e-4", "--config.train.batch_size=1048576", "--config.loss.strategy='gather'"
+    )
     assert code == 3, printed
     assert "fits         NO: the step needs 1,07" in printed  # 1.05 TiB of temporaries
     assert "--config.loss.strategy='ring'" in printed and "--config.model.remat" in printed
@@ -214,11 +216,9 @@ def test_a_host_batch_leaves_hbm_and_waits_in_host_memory(tmp_path):
 def test_compile_for_eight_h100s_without_a_gpu(capsys, monkeypatch):
     """XLA's GPU compiler from a target description: the tiny CLIP step for h100x8."""
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # restored afterwards
-    code = main(
-        ["compile", "--config=configs/clip/tiny.py", "--topology=h100x8",
-         "--config.train.batch_size=256", "--config.loss.strategy='ring'"]
-    )  # fmt: skip
-    printed = capsys.readouterr().out
+    code, printed = compile_tiny_clip(
+        capsys, "h100x8", "--config.train.batch_size=256", "--config.loss.strategy='ring'"
+    )
     assert code == 0, printed
     assert "8 NVIDIA H100 80GB HBM3 GPUs" in printed and "fits         yes" in printed
     assert "XLA's GPU compiler" in printed

@@ -55,6 +55,7 @@ class CompileReport:
     peak_flops: float | None = None
     peak_source: str = ""
     notes: list[str] = field(default_factory=list)
+    loops_undercounted: bool = False  # XLA counted scanned/accumulation loop bodies once
 
     @property
     def headroom_bytes(self) -> int:
@@ -67,12 +68,9 @@ class CompileReport:
 
     def mfu_ceiling(self) -> float | None:
         """Useful work over the work the compiled step does (remat makes it < 1)."""
-        if not (self.model_flops and self.compiled_flops) or self.loops_undercounted():
+        if not (self.model_flops and self.compiled_flops) or self.loops_undercounted:
             return None
         return min(1.0, self.model_flops / self.compiled_flops)
-
-    def loops_undercounted(self) -> bool:
-        return any(note.startswith("XLA counts") for note in self.notes)
 
     def as_json(self) -> dict:
         out = asdict(self)
@@ -194,6 +192,7 @@ def _add_flops(report: CompileReport, config, compiled, device) -> None:
     if config.train.accum_steps > 1:
         loops.append(f"the {config.train.accum_steps} accumulation steps")
     if loops and report.compiled_flops:
+        report.loops_undercounted = True
         report.notes.append(
             "XLA counts a loop's body once, not per trip: its FLOPs undercount "
             + " and ".join(loops)

@@ -69,8 +69,8 @@ class StepProgram:
     def place_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """This process's rows of a batch -> the global arrays the step takes; entries
         kept in host memory are split into micro-batches here, on the host."""
-        placed = to_global({k: v for k, v in batch.items() if k not in self.host_entries},
-                           self.sharding_for)  # fmt: skip
+        on_chips = {k: v for k, v in batch.items() if k not in self.host_entries}
+        placed = to_global(on_chips, self.sharding_for)
         shards = axis_size(self.mesh, self.rules.get("batch")) // jax.process_count()
         for name in self.host_entries:
             value = batch[name]
