@@ -8,6 +8,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 
 import pytest
 
@@ -187,7 +188,10 @@ def test_a_batch_that_cannot_fit_exits_3_with_the_size_and_the_fields(capsys):
         capsys, "v5e-4", "--config.train.batch_size=1048576", "--config.loss.strategy='gather'"
     )
     assert code == 3, printed
-    assert "fits         NO: the step needs 1,07" in printed  # 1.05 TiB of temporaries
+    # at least the 262,144 x 1,048,576 float32 scores: 1,024 GiB (libtpu versions add
+    # different temporaries on top: 1,075 GiB with 0.0.42, 1,085 GiB with 0.0.50)
+    needs = re.search(r"fits         NO: the step needs ([\d,.]+) GiB per chip", printed)
+    assert needs and 1024 <= float(needs[1].replace(",", "")) < 1200, printed
     assert "--config.loss.strategy='ring'" in printed and "--config.model.remat" in printed
 
 
