@@ -120,9 +120,8 @@ def _softmax_local_sum(spec: LossSpec, scorer: PairScorer, image, text, scale, g
     eps = spec.label_smoothing
     # Per row first, then summed: the log-sum-exps and the positives are each far larger
     # than their difference, and summing them separately over many rows loses digits.
-    per_row = scorer.row_lse(image, text, scale, exclude) + scorer.row_lse(
-        text, image, scale, exclude
-    )
+    image_lse, text_lse = scorer.lse_both_ways(image, text, scale, exclude)
+    per_row = image_lse + text_lse
     per_row -= 2.0 * (1.0 - eps) * scale * jnp.sum(image * text, axis=1)
     total = jnp.sum(per_row)
     if eps:

@@ -3,11 +3,11 @@
 Column blocks travel round the devices of `axes` with `ppermute`; each block
 is scored in column chunks of at most `chunk`, so neither the b x B scores nor
 a whole b x b block is ever materialised. Nothing is kept for the backward
-pass but the inputs and one number per row: each function has a custom VJP
-that sends the blocks round again, recomputes the chunks' scores and sends the
-column gradients home with their block (Inf-CL style).
+pass but the inputs and one number per row and column: each function has a
+custom VJP that sends the blocks round again, recomputes the chunks' scores and
+sends the column gradients home with their block (Inf-CL style).
 
-Both run per device inside `jax.shard_map`; `rows`, `cols` and the scalars
+All run per device inside `jax.shard_map`; `rows`, `cols` and the scalars
 must be device-varying (see `strategies.varying`).
 """
 
@@ -52,87 +52,123 @@ def _over_chunks(block, chunk, body, carry):
     return jax.lax.fori_loop(0, block.shape[0] // size, lambda j, c: body(j * size, size, c), carry)
 
 
-def _over_ring(block, axes, n, carry, visit):
-    """`visit(step, block, carry)` for the local block, then each arriving block."""
-    carry = visit(0, block, carry)
-
-    def body(step, state):
-        block, carry = state
-        block = _shift(block, axes, n)
-        return block, visit(step, block, carry)
-
-    return jax.lax.fori_loop(1, n, body, (block, carry))[1]
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def ring_row_lse(rows, cols, scale, exclude_diag: bool, axes: tuple[str, ...], n: int, chunk: int):
-    """`lse_j(scale * rows_i . col_j)` over every column of the ring: shape `[b]`."""
-    return _lse_forward(rows, cols, scale, exclude_diag, axes, n, chunk)
-
-
-def _lse_forward(rows, cols, scale, exclude_diag, axes, n, chunk):
-    def visit(step, block, carry):
-        def body(start, size, state):
-            best, total = state
-            _, _, scores = _chunk_scores(rows, block, scale, step, start, size, exclude_diag)
-            new_best = jnp.maximum(best, scores.max(axis=1))
-            total = total * jnp.exp(best - new_best) + jnp.exp(scores - new_best[:, None]).sum(1)
-            return new_best, total
-
-        return _over_chunks(block, chunk, body, carry)
-
-    best = jnp.full(rows.shape[:1], _FLOOR, rows.dtype) + 0 * rows[:, 0]  # varying like rows
-    best, total = _over_ring(cols, axes, n, (best, jnp.zeros_like(best)), visit)
-    return best + jnp.log(total)
-
-
-def _lse_fwd(rows, cols, scale, exclude_diag, axes, n, chunk):
-    lse = _lse_forward(rows, cols, scale, exclude_diag, axes, n, chunk)
-    return lse, (rows, cols, scale, lse)
-
-
-def _lse_bwd(exclude_diag, axes, n, chunk, residuals, grad):
-    rows, cols, scale, lse = residuals
-
-    def chunk_grads(step, block, start, size):
-        part, cosine, scores = _chunk_scores(rows, block, scale, step, start, size, exclude_diag)
-        weights = grad[:, None] * jnp.exp(scores - lse[:, None])  # d loss / d score
-        return scale * weights @ part, scale * weights.T @ rows, jnp.sum(weights * cosine)
-
-    return _ring_backward(rows, cols, axes, n, chunk, chunk_grads, scale)
-
-
-def _ring_backward(rows, cols, axes, n, chunk, chunk_grads, *scalars):
-    """Sends (block, its gradient) round the ring; returns d_rows, d_cols, d_scalars."""
-
-    def visit(step, travelling, carry):
-        block, d_block = travelling
-        d_rows, d_scalars = carry
-
-        def body(start, size, state):
-            d_rows, d_block, d_scalars = state
-            dr, db, *ds = chunk_grads(step, block, start, size)
-            d_block = jax.lax.dynamic_update_slice_in_dim(
-                d_block, jax.lax.dynamic_slice_in_dim(d_block, start, size) + db, start, 0
-            )
-            return d_rows + dr, d_block, tuple(a + b for a, b in zip(d_scalars, ds, strict=True))
-
-        d_rows, d_block, d_scalars = _over_chunks(block, chunk, body, (d_rows, d_block, d_scalars))
-        return (block, d_block), (d_rows, d_scalars)
-
-    zeros = tuple(jnp.zeros_like(s) for s in scalars)
-    start = (cols, jnp.zeros_like(cols))
-    carry = visit(0, start, (jnp.zeros_like(rows), zeros))
+def _over_ring(travelling, axes, n, carry, visit):
+    """`visit(step, travelling, carry) -> (travelling, carry)` for the local block, then
+    for each arriving one; returns the last (travelling, carry). What travels arrives
+    from device `self - step`: after the loop it belongs to `self + 1`, one hop from home."""
+    state = visit(0, travelling, carry)
 
     def body(step, state):
         travelling, carry = state
         return visit(step, _shift(travelling, axes, n), carry)
 
-    (_, d_cols), (d_rows, d_scalars) = jax.lax.fori_loop(1, n, body, carry)
+    return jax.lax.fori_loop(1, n, body, state)
+
+
+def _slice(tree, start, size):
+    return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, size), tree)
+
+
+def _update(tree, part, start):
+    write = partial(jax.lax.dynamic_update_slice_in_dim, start_index=start, axis=0)
+    return jax.tree.map(write, tree, part)
+
+
+def _absorb(state, scores, axis: int):
+    """A running (max, sum of exp) per row (axis=1) or per column (axis=0) of `scores`."""
+    best, total = state
+    new_best = jnp.maximum(best, scores.max(axis=axis))
+    shifted = scores - jnp.expand_dims(new_best, axis)
+    return new_best, total * jnp.exp(best - new_best) + jnp.exp(shifted).sum(axis=axis)
+
+
+def _running_start(like):
+    best = jnp.full(like.shape[:1], _FLOOR, like.dtype) + 0 * like[:, 0]  # varying like it
+    return best, jnp.zeros_like(best)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def ring_lse(rows, cols, scale, exclude_diag: bool, axes: tuple[str, ...], n: int, chunk: int):
+    """Both directions' log-sum-exps of `scale * rows_i . col_j` over the ring, in one pass:
+    per local row over every column (`[b]`) and per local column over every row (`[b]`).
+
+    Each chunk's scores serve both: a row's running sum stays home, a column's travels
+    with its block and takes one last hop home. The softmax loss's two directions thus
+    cost one pass of scores and one travelling block instead of two of each.
+    """
+    return _lse_forward(rows, cols, scale, exclude_diag, axes, n, chunk)
+
+
+def ring_row_lse(rows, cols, scale, exclude_diag: bool, axes: tuple[str, ...], n: int, chunk: int):
+    """`lse_j(scale * rows_i . col_j)` over every column of the ring: shape `[b]`."""
+    return ring_lse(rows, cols, scale, exclude_diag, axes, n, chunk)[0]
+
+
+def _lse_forward(rows, cols, scale, exclude_diag, axes, n, chunk):
+    def visit(step, travelling, row_state):
+        block, col_state = travelling
+
+        def body(start, size, state):
+            row_state, col_state = state
+            _, _, scores = _chunk_scores(rows, block, scale, step, start, size, exclude_diag)
+            part = _absorb(_slice(col_state, start, size), scores, axis=0)
+            return _absorb(row_state, scores, axis=1), _update(col_state, part, start)
+
+        row_state, col_state = _over_chunks(block, chunk, body, (row_state, col_state))
+        return (block, col_state), row_state
+
+    travelling = (cols, _running_start(cols))
+    (_, col_state), row_state = _over_ring(travelling, axes, n, _running_start(rows), visit)
+    col_best, col_total = _shift(col_state, axes, n)
+    return row_state[0] + jnp.log(row_state[1]), col_best + jnp.log(col_total)
+
+
+def _lse_fwd(rows, cols, scale, exclude_diag, axes, n, chunk):
+    row_lse, col_lse = _lse_forward(rows, cols, scale, exclude_diag, axes, n, chunk)
+    return (row_lse, col_lse), (rows, cols, scale, row_lse, col_lse)
+
+
+def _lse_bwd(exclude_diag, axes, n, chunk, residuals, grads):
+    rows, cols, scale, row_lse, col_lse = residuals
+    row_grad, col_grad = grads
+
+    def chunk_grads(step, block, columns, start, size):
+        part, cosine, scores = _chunk_scores(rows, block, scale, step, start, size, exclude_diag)
+        lse, grad = _slice(columns, start, size)
+        row_weights = row_grad[:, None] * jnp.exp(scores - row_lse[:, None])
+        weights = row_weights + grad[None, :] * jnp.exp(scores - lse[None, :])  # d loss/d score
+        return scale * weights @ part, scale * weights.T @ rows, jnp.sum(weights * cosine)
+
+    return _ring_backward(rows, cols, axes, n, chunk, chunk_grads, (scale,), (col_lse, col_grad))
+
+
+def _ring_backward(rows, cols, axes, n, chunk, chunk_grads, scalars, columns=()):
+    """Sends (block, its gradient, per-column `columns`) round the ring; returns d_rows,
+    d_cols, *d_scalars. `chunk_grads(step, block, columns, start, size)` gives one
+    chunk's (d_rows, d_chunk, *d_scalars)."""
+
+    def visit(step, travelling, carry):
+        block, d_block, columns = travelling
+
+        def body(start, size, state):
+            d_rows, d_block, d_scalars = state
+            dr, db, *ds = chunk_grads(step, block, columns, start, size)
+            d_block = _update(d_block, _slice(d_block, start, size) + db, start)
+            return d_rows + dr, d_block, tuple(a + b for a, b in zip(d_scalars, ds, strict=True))
+
+        d_rows, d_scalars = carry
+        d_rows, d_block, d_scalars = _over_chunks(block, chunk, body, (d_rows, d_block, d_scalars))
+        return (block, d_block, columns), (d_rows, d_scalars)
+
+    zeros = tuple(jnp.zeros_like(s) for s in scalars)
+    travelling = (cols, jnp.zeros_like(cols), columns)
+    (_, d_cols, _), (d_rows, d_scalars) = _over_ring(
+        travelling, axes, n, (jnp.zeros_like(rows), zeros), visit
+    )
     return (d_rows, _shift(d_cols, axes, n), *d_scalars)
 
 
-ring_row_lse.defvjp(_lse_fwd, _lse_bwd)
+ring_lse.defvjp(_lse_fwd, _lse_bwd)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
@@ -148,9 +184,9 @@ def _softplus_forward(rows, cols, scale, bias, axes, n, chunk):
             _, _, scores = _chunk_scores(rows, block, scale, step, start, size, False)
             return total + jnp.sum(jax.nn.softplus(scores + bias))
 
-        return _over_chunks(block, chunk, body, total)
+        return block, _over_chunks(block, chunk, body, total)
 
-    return _over_ring(cols, axes, n, 0.0 * bias, visit)
+    return _over_ring(cols, axes, n, 0.0 * bias, visit)[1]
 
 
 def _softplus_fwd(rows, cols, scale, bias, axes, n, chunk):
@@ -160,7 +196,7 @@ def _softplus_fwd(rows, cols, scale, bias, axes, n, chunk):
 def _softplus_bwd(axes, n, chunk, residuals, grad):
     rows, cols, scale, bias = residuals
 
-    def chunk_grads(step, block, start, size):
+    def chunk_grads(step, block, _, start, size):
         part, cosine, scores = _chunk_scores(rows, block, scale, step, start, size, False)
         weights = grad * jax.nn.sigmoid(scores + bias)
         return (
@@ -170,7 +206,7 @@ def _softplus_bwd(axes, n, chunk, residuals, grad):
             jnp.sum(weights),
         )
 
-    return _ring_backward(rows, cols, axes, n, chunk, chunk_grads, scale, bias)
+    return _ring_backward(rows, cols, axes, n, chunk, chunk_grads, (scale, bias))
 
 
 ring_softplus_sum.defvjp(_softplus_fwd, _softplus_bwd)

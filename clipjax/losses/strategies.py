@@ -11,8 +11,9 @@ Per step and device, with b local rows, d dims, 4-byte floats and a group of g
 devices, the image and text embeddings that arrive are
   gather:  2 * (n - 1) * b * d * 4 bytes  (n = all batch shards)
   grouped: 2 * (g - 1) * b * d * 4 bytes  (the same, over g instead of n)
-  ring:    the same bytes as gather/grouped, in n - 1 ppermute hops, twice more
-           in the backward pass; in exchange it never holds more than one block.
+  ring:    half those bytes for the softmax loss (one block travels, and its
+           running column sums with it), in n - 1 ppermute hops; twice that in the
+           backward pass (the block and its gradient). It never holds more than one block.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh
 
-from clipjax.losses.ring import ring_row_lse, ring_softplus_sum
+from clipjax.losses.ring import ring_lse, ring_row_lse, ring_softplus_sum
 from clipjax.parallel import axis_tuple
 
 STRATEGIES = ("gather", "grouped", "ring")
@@ -103,6 +104,16 @@ class PairScorer:
             own = jnp.arange(rows.shape[0])[:, None] + offset == jnp.arange(scores.shape[1])
             scores = jnp.where(own, -jnp.inf, scores)
         return jax.nn.logsumexp(scores, axis=1)
+
+    def lse_both_ways(self, rows, cols, scale, exclude_diag: bool) -> tuple[jax.Array, jax.Array]:
+        """(`row_lse(rows, cols)`, `row_lse(cols, rows)`): the ring scores each pair once."""
+        if self.ring:
+            return ring_lse(
+                rows, cols, scale, exclude_diag, (MEMBER,), self.group_size, self.ring_chunk
+            )
+        return self.row_lse(rows, cols, scale, exclude_diag), self.row_lse(
+            cols, rows, scale, exclude_diag
+        )
 
     def softplus_sum(self, rows, cols, scale, bias) -> jax.Array:
         if self.ring:
