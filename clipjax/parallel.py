@@ -1,4 +1,5 @@
-"""Device mesh from the config, logical-axis rules, and batch placement.
+"""Device mesh from the config, logical-axis rules, and batch placement (of inputs, and
+of activations inside a training step).
 
 Mesh axes are `data`, `fsdp` and `tensor`. Parameters carry logical axis
 names (`embed`, `mlp`, `heads`, ...); the config's `sharding_rules` maps each
@@ -8,7 +9,9 @@ logical name to a mesh axis (or a tuple of them, or None for replicated).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import jax
 import numpy as np
@@ -146,3 +149,36 @@ def param_shardings(logical_specs, shapes, mesh: Mesh, rules: Mapping[str, MeshA
     return jax.tree_util.tree_map_with_path(
         one, logical_specs, shapes, is_leaf=lambda x: isinstance(x, P)
     )
+
+
+_ACTIVATION_BATCH: ContextVar[tuple[Mesh, MeshAxes] | None] = ContextVar(
+    "activation_batch", default=None
+)
+
+
+@contextmanager
+def activations_on_batch_axes(mesh: Mesh, axes: MeshAxes) -> Iterator[None]:
+    """While a step is traced inside this, `constrain_to_batch` pins activations' leading
+    dimension to the batch `axes` of `mesh`.
+
+    Without it XLA's sharding propagation may follow an FSDP weight (its `embed`
+    dimension sharded over `fsdp`) into the activations and gather the batch instead of
+    the weight: ViT-L/14 at global batch 32,768 on 256 v5e chips with `fsdp=256` then
+    asks for 618 GiB of temporaries per chip, every chip holding the whole batch."""
+    token = _ACTIVATION_BATCH.set((mesh, axes))
+    try:
+        yield
+    finally:
+        _ACTIVATION_BATCH.reset(token)
+
+
+def constrain_to_batch(x: jax.Array) -> jax.Array:
+    """`x` with its leading dimension sharded over the enclosing step's batch axes (see
+    `activations_on_batch_axes`) and the rest replicated; unchanged outside a step
+    (evaluation, export), where the caller's shardings stand."""
+    active = _ACTIVATION_BATCH.get()
+    if active is None:
+        return x
+    mesh, axes = active
+    spec = P(axes, *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

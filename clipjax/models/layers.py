@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from clipjax.parallel import constrain_to_batch
+
 Names = tuple[str | None, ...]
 
 
@@ -244,10 +246,11 @@ def run_blocks(blocks: nnx.Module, x: jax.Array, *args, remat: str = "none", **k
     `remat` rematerialises each block in the backward pass."""
 
     def apply(block: nnx.Module, x: jax.Array) -> jax.Array:
-        return block(x, *args, **kwargs)
+        return constrain_to_batch(block(x, *args, **kwargs))
 
     if remat != "none":
         apply = nnx.remat(apply, policy=REMAT_POLICIES[remat])
+    x = constrain_to_batch(x)
     if isinstance(blocks, nnx.List):
         for block in blocks:
             x = apply(block, x)

@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from clipjax.models.two_tower import MAX_LOG_SCALE
-from clipjax.parallel import MeshAxes, axis_size
+from clipjax.parallel import MeshAxes, activations_on_batch_axes, axis_size
 from clipjax.train.objective import Objective
 from clipjax.train.state import ModelSpec, TrainState
 
@@ -89,7 +89,8 @@ def make_grad_fn(
     def outputs(params: dict, batch: dict) -> dict:
         if normalize is not None and "image" in batch:
             batch = {**batch, "image": normalize(batch["image"])}
-        return nnx.merge(spec.graphdef, params).train_outputs(batch)
+        with activations_on_batch_axes(mesh, batch_axes):
+            return nnx.merge(spec.graphdef, params).train_outputs(batch)
 
     def full_batch(params: dict, batch: dict, rng: jax.Array):
         def loss_fn(p):
