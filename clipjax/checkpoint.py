@@ -121,9 +121,13 @@ class Checkpoints:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
+    def due(self, step: int) -> bool:
+        """Whether `save(step, ...)` writes a checkpoint without `force`."""
+        return self.every > 0 and self.manager.should_save(step)
+
     def save(self, step: int, state: dict, loader: dict | None, force: bool = False) -> bool:
         """Starts a save if `step` is due (or `force`); returns whether it started."""
-        if not force and (self.every <= 0 or not self.manager.should_save(step)):
+        if not force and not self.due(step):
             return False
         args = {STATE: ocp.args.StandardSave(state)}
         if loader is not None:

@@ -20,6 +20,7 @@ from clipjax.models.text import TEXT_POOLS
 from clipjax.models.two_tower import IMAGE_TOWERS
 from clipjax.models.vit import POOLS
 from clipjax.parallel import axis_tuple, resolve_mesh_shape, rules_table
+from clipjax.train.divergence import check_policy
 from clipjax.train.objective import MULTI_KINDS, ObjectiveSpec
 from clipjax.train.optim import OPTIMIZERS, SCHEDULES
 
@@ -33,6 +34,8 @@ FIELD_TYPES = {
     "train.log_every": int,
     "train.accum_steps": int,
     "train.host_batch": bool,
+    "train.on_nonfinite": str,
+    "train.max_skipped_in_a_row": int,
     "loss.group_size": int,
     "loss.ring_chunk": int,
     "optim.lr": float,
@@ -340,6 +343,7 @@ def _optim_and_train(c, problems: list[str]) -> None:
         problems.append("loss.kind='sigmoid' needs model.logit_bias_init (SigLIP uses -10.0)")
     if c.train.accum_steps < 1:
         problems.append(f"train.accum_steps={c.train.accum_steps} must be at least 1")
+    problems += check_policy(c.train.on_nonfinite, c.train.max_skipped_in_a_row)
     if c.train.host_batch and c.data.source == "xor":
         problems.append("train.host_batch=True keeps images in host memory; this data has none")
     elif c.train.host_batch and c.data.image_size % 2:

@@ -85,10 +85,13 @@ def format_eta(seconds: float) -> str:
 
 
 def progress_line(step: int, total: int, values: dict) -> str:
+    loss = values.get("train/loss")  # absent from a step skipped as non-finite
+    skipped = values.get("train/skipped_steps", 0)
     return (
-        f"step {step:>6}/{total}  loss {values['train/loss']:.4f}  "
+        f"step {step:>6}/{total}  loss {'skipped' if loss is None else f'{loss:.4f}'}  "
         f"temp {values['train/temperature']:.4f}  "
         f"{values['train/images_per_sec']:,.0f} img/s  ETA {format_eta(values['train/eta_sec'])}"
+        + (f"  ({skipped} steps skipped)" if skipped else "")
     )
 
 

@@ -114,6 +114,11 @@ def get_config(arg=None):
     # keep the batch in host memory (pinned_host) and move one micro-batch at a time to the
     # chips in both GradCache passes: for batches whose pixels do not fit in HBM
     c.train.host_batch = False
+    # a step whose loss, gradients or new parameters are not finite (checked every step,
+    # before anything is checkpointed): "stop" exits 1 naming the step; "skip" keeps the
+    # parameters and optimizer state and stops after max_skipped_in_a_row such steps
+    c.train.on_nonfinite = "stop"
+    c.train.max_skipped_in_a_row = 10
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = (

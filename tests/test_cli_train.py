@@ -75,7 +75,6 @@ def test_divergence_stops_with_a_clear_error_and_keeps_metrics(tmp_path, digits_
     )
     assert code == 1
     err = capsys.readouterr().err
-    assert "training diverged: non-finite training metrics at step" in err
-    assert "train/loss" in err
+    assert "training diverged: non-finite loss" in err and "no checkpoint holds it" in err
     rows = metric_rows(tmp_path)
     assert rows and all(row["step"] < 6 for row in rows)

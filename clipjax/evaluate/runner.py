@@ -241,6 +241,10 @@ class Evaluator:
         self.total_steps = config.train.steps
         self._encode_image, self._encode_text = make_encoders(spec, param_shardings, config.data)
 
+    def due(self, step: int) -> bool:
+        """Whether `run(params, step)` evaluates anything."""
+        return any(is_due(ev.every, step, self.total_steps) for ev in self.evals)
+
     def run(self, params, step: int, force: bool = False) -> dict[str, float]:
         ctx = EvalContext(
             lambda x: self._encode_image(params, x),

@@ -20,6 +20,7 @@ from clipjax.data.tokenizers import build_tokenizer
 from clipjax.evaluate.runner import Evaluator
 from clipjax.metrics import MetricWriter, Throughput, print_progress, progress_line
 from clipjax.parallel import build_mesh
+from clipjax.train.divergence import DivergenceGuard
 from clipjax.train.init_from import initial_params
 from clipjax.train.preemption import Preempted, PreemptionWatch
 from clipjax.train.program import StepProgram, build_step_program
@@ -135,16 +136,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
     return result
 
 
-def check_finite(step: int, values: dict) -> None:
-    """Stops the run with the step and the offending metrics when the loss diverges."""
-    bad = {k: float(v) for k, v in values.items() if not math.isfinite(v)}
-    if bad:
-        raise FloatingPointError(
-            f"non-finite training metrics at step {step}: {bad}; lower optim.lr, "
-            "raise optim.warmup_steps or set optim.clip_norm"
-        )
-
-
 @dataclass
 class _Run:
     config: ml_collections.ConfigDict
@@ -158,6 +149,9 @@ class _Run:
     def loop(self, state, start: int, writer: MetricWriter, watch: PreemptionWatch):
         total = self.config.train.steps
         throughput = Throughput(total, self.config.train.batch_size, start_step=start)
+        guard = DivergenceGuard(
+            self.config.train.on_nonfinite, self.config.train.max_skipped_in_a_row
+        )
         if start == 0:  # evals with an interval also judge the initial params
             initial = self.evaluator.run(state.params, 0)
             if initial:
@@ -166,11 +160,14 @@ class _Run:
         for step in range(start + 1, total + 1):
             batch, loader_state = upcoming
             state, metrics = self.program.step(state, batch)
+            guard.observe(step, metrics.pop("nonfinite"))  # settles the step before
             # device prefetch: the next batch's transfer overlaps this step's compute
             upcoming = self._on_device() if step < total else None
-            self._log(step, state, metrics, throughput, writer)
             preempted = step < total and watch.reached(step)
             force = preempted or step == total
+            if force or self._logs(step) or self.checkpoints.due(step) or self.evaluator.due(step):
+                guard.settle()  # nothing non-finite is logged, evaluated or saved
+            self._log(step, state, metrics, throughput, writer, guard)
             self.checkpoints.save(step, state_as_dict(state), loader_state, force=force)
             if preempted:
                 self.checkpoints.wait()
@@ -187,16 +184,20 @@ class _Run:
         batch, loader_state = next(self.batches)
         return self.program.place_batch(batch), loader_state
 
-    def _log(self, step: int, state, metrics, throughput: Throughput, writer) -> None:
-        total = self.config.train.steps
+    def _logs(self, step: int) -> bool:
+        return step % self.config.train.log_every == 0 or step == self.config.train.steps
+
+    def _log(self, step: int, state, metrics, throughput, writer, guard: DivergenceGuard):
         values = {}
-        if step % self.config.train.log_every == 0 or step == total:
+        if self._logs(step):
             values = {f"train/{k}": v for k, v in jax.device_get(metrics).items()}
-            check_finite(step, values)
+            if guard.last_skipped_step == step:  # its loss is not finite; its state is old
+                values = {k: v for k, v in values.items() if math.isfinite(v)}
+            values["train/skipped_steps"] = guard.skipped
             values.update(throughput.update(step))
             values.update(self.stats.as_metrics())
-            self.result.losses.append(float(values["train/loss"]))
-            print_progress(progress_line(step, total, values))
+            self.result.losses.append(float(values.get("train/loss", math.nan)))
+            print_progress(progress_line(step, self.config.train.steps, values))
         eval_metrics = self.evaluator.run(state.params, step)
         if values or eval_metrics:
             self.result.final_metrics.update(writer.write(step, {**values, **eval_metrics}))

@@ -114,7 +114,10 @@ def build_step_program(config, mesh: Mesh) -> StepProgram:
         name: _batch_placement(mesh, rules, len(shape) + 1, name in in_host)
         for name, (shape, _) in batch_layout(config).items()
     }
-    step = make_train_step(grad_fn, tx, plan.shardings, batch_shardings, schedule, config.seed)
+    skip = config.train.on_nonfinite == "skip"
+    step = make_train_step(
+        grad_fn, tx, plan.shardings, batch_shardings, schedule, config.seed, skip
+    )
     return StepProgram(config, mesh, rules, plan, tx, schedule, batch_shardings, step)
 
 

@@ -32,6 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 from clipjax.models.two_tower import MAX_LOG_SCALE
 from clipjax.parallel import MeshAxes, activations_on_batch_axes, axis_size
+from clipjax.train.divergence import keep_if_finite, nonfinite_flags
 from clipjax.train.objective import Objective
 from clipjax.train.state import ModelSpec, TrainState
 
@@ -185,18 +186,27 @@ def make_train_step(
     batch_shardings: dict,
     schedule: optax.Schedule,
     seed: int = 0,
+    skip_nonfinite: bool = False,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings and
     the incoming state donated; the loss's randomness is `fold_in(key(seed), step)`,
-    the same on any mesh."""
+    the same on any mesh. `metrics["nonfinite"]` flags a non-finite loss, gradient or
+    new parameter (`train.divergence`); with `skip_nonfinite` such a step leaves the
+    parameters and optimizer state unchanged."""
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
         loss, metrics, grads = grad_fn(state.params, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = clamp_log_scale(optax.apply_updates(state.params, updates))
+        flags = nonfinite_flags(loss, grads, params)
+        if skip_nonfinite:
+            params, opt_state = keep_if_finite(
+                flags, (params, opt_state), (state.params, state.opt_state)
+            )
         metrics = {
             **metrics,
+            "nonfinite": flags,
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
             "learning_rate": schedule(state.step),
