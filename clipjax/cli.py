@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from clipjax.aot.libtpu_env import quiet_libtpu
 from clipjax.config import ConfigError, apply_overrides, load_config
+from clipjax.data.skips import UnusableData
 from clipjax.distributed import LaunchError
 from clipjax.train.preemption import PREEMPTED_EXIT_CODE, Preempted
 
@@ -320,6 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = train(config, args.workdir)
     except (ConfigError, LaunchError) as exc:
         print(f"clipjax: {exc}", file=sys.stderr)
+        return 2
+    except UnusableData as exc:
+        print(f"clipjax: unusable data: {exc}", file=sys.stderr)
         return 2
     except FloatingPointError as exc:
         print(f"clipjax: training diverged: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ import ml_collections
 from clipjax.data.decode import parse_keys
 from clipjax.data.loader import stream_range, train_sources
 from clipjax.data.shards import check_openers
+from clipjax.data.skips import check_skip_limits
 from clipjax.data.tokenizers import build_tokenizer
 from clipjax.evaluate.fields import EVAL_DEFAULTS, EVAL_KINDS, EVAL_SOURCES, eval_field
 from clipjax.family_checks import family_field_types, family_problems, is_image_text
@@ -45,6 +46,8 @@ FIELD_TYPES = {
     "data.image_size": int,
     "data.shuffle_buffer": int,
     "data.workers": int,
+    "data.max_skipped_fraction": float,
+    "data.sanity_samples": int,
     "data.streams": int,
     "checkpoint.every": int,
     "distributed.init_timeout": int,
@@ -310,6 +313,7 @@ def _data(c, problems: list[str], reads_data: bool = True) -> None:
     _choice(problems, "data.mode", c.data.mode, ("epoch", "resampled"))
     if c.data.workers < 0:
         problems.append(f"data.workers={c.data.workers}; expected 0 (inline) or more")
+    problems += check_skip_limits(c.data.max_skipped_fraction, c.data.sanity_samples)
     _attempt(problems, parse_keys, c.data.image_key)
     if c.data.text_key.split(".")[0] not in ("txt", "json"):
         problems.append(f"data.text_key={c.data.text_key!r}; expected 'txt' or 'json.<field>'")

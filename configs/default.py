@@ -31,6 +31,10 @@ def get_config(arg=None):
     c.data.streams = 0  # independent streams; fixed: same data on any process count; 0: 1/process
     c.data.workers = 0  # decoding processes per process (at least 1 per stream); 0: inline
     c.data.max_pixels = 64_000_000
+    # stop when more than this fraction of the first sanity_samples samples (per stream)
+    # cannot be used, e.g. a wrong image_key or text_key; skips are logged once per shard
+    c.data.max_skipped_fraction = 0.5
+    c.data.sanity_samples = 1000
 
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.kind = "bytes"

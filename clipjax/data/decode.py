@@ -20,7 +20,9 @@ ALLOWED_EXTENSIONS = frozenset((*IMAGE_EXTENSIONS, *TEXT_EXTENSIONS, "json", "cl
 
 
 class BadSample(ValueError):
-    """A sample that cannot be used: missing member, undecodable image, bad text."""
+    """A sample that cannot be used: missing member, undecodable image, bad text. The
+    message says why, without the sample's key (the caller has it), so that equal
+    reasons can be counted together."""
 
 
 def parse_keys(spec: str) -> tuple[str, ...]:
@@ -39,7 +41,7 @@ def _first(sample: dict, keys: Sequence[str]) -> tuple[str, bytes]:
     for key in keys:
         if key in sample:
             return key, sample[key]
-    raise BadSample(f"sample {sample.get('__key__')!r} has none of the members {list(keys)}")
+    raise BadSample(f"none of the members {list(keys)}")
 
 
 def load_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -68,11 +70,9 @@ def read_text(sample: dict, key: str) -> str:
     try:
         value = json.loads(data)[field or "caption"] if ext == "json" else data.decode("utf-8")
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise BadSample(
-            f"sample {sample.get('__key__')!r}: unreadable text {key!r}: {exc}"
-        ) from exc
+        raise BadSample(f"unreadable text {key!r}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(value, str) or not value.strip():
-        raise BadSample(f"sample {sample.get('__key__')!r} has an empty caption")
+        raise BadSample("an empty caption")
     return value
 
 
@@ -81,7 +81,7 @@ def read_label(sample: dict) -> int:
     try:
         return int(data.decode("utf-8").strip())
     except (UnicodeDecodeError, ValueError) as exc:
-        raise BadSample(f"sample {sample.get('__key__')!r}: bad .cls label {data[:20]!r}") from exc
+        raise BadSample(f"bad .cls label {data[:20]!r}") from exc
 
 
 class ImageTransform:

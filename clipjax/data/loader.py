@@ -6,15 +6,16 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
 
-from clipjax.data.decode import BadSample, ImageTransform
+from clipjax.data.decode import ImageTransform
 from clipjax.data.mixing import MixedStream
 from clipjax.data.pipeline import OrderedDecoder, PairDecoder
 from clipjax.data.shards import DataStats, SampleStream
+from clipjax.data.skips import SkipMonitor, Skipped
 from clipjax.data.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,10 @@ class PairLoader:
         workers: int = 0,
         stats: DataStats,
         state: dict | None = None,
+        skips: SkipMonitor | None = None,
     ):
         self.stream = stream
+        self.skips = skips or SkipMonitor(0.5, 1000, "the decoder's keys")
         self.decoder = decoder
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -66,23 +69,28 @@ class PairLoader:
                 sample = next(stream, None)
                 if sample is None:
                     return
+                self.skips.saw(sample)
                 yield index, sample
 
         images, texts = [], []
-        for index, result in self.ordered(numbered()):
-            if isinstance(result, str):
-                self.stats.count("skipped_samples")
-                log.warning(result)
-                continue
-            images.append(result[0])
-            texts.append(result[1])
-            if len(images) == self.batch_size:
-                batch = {
-                    "image": np.stack(images),  # uint8; the train step normalises on device
-                    "text": self.tokenizer(texts),
-                }
-                yield batch, self._state_after(index + 1, snapshots)
-                images, texts = [], []
+        try:
+            for index, result in self.ordered(numbered()):
+                if isinstance(result, Skipped):
+                    self.stats.count("skipped_samples")
+                    self.skips.skip(result)
+                    continue
+                self.skips.decoded()
+                images.append(result[0])
+                texts.append(result[1])
+                if len(images) == self.batch_size:
+                    batch = {
+                        "image": np.stack(images),  # uint8; the train step normalises on device
+                        "text": self.tokenizer(texts),
+                    }
+                    yield batch, self._state_after(index + 1, snapshots)
+                    images, texts = [], []
+        finally:
+            self.skips.flush()
 
     def _state_after(self, emitted: int, snapshots: deque) -> dict:
         while len(snapshots) > 1 and snapshots[1]["emitted"] <= emitted:
@@ -93,16 +101,6 @@ class PairLoader:
             "failed_shards": self.stats.failed_shards,
         }
         return {"stream": snapshot, "skip": emitted - snapshot["emitted"], "stats": stats}
-
-
-def decoded(samples: Iterable[dict], decode: Callable, stats: DataStats) -> Iterator:
-    """`decode(sample)` for each sample; a BadSample is counted, warned about and skipped."""
-    for sample in samples:
-        try:
-            yield decode(sample)
-        except BadSample as exc:
-            stats.count("skipped_samples")
-            log.warning("skipping sample in %s: %s", sample.get("__url__"), exc)
 
 
 class Prefetch:
@@ -293,6 +291,11 @@ def train_loader(
             workers=max(1, d.workers // len(owned)) if d.workers else 0,
             stats=stats,
             state=states.get(j),
+            skips=SkipMonitor(
+                d.max_skipped_fraction,
+                d.sanity_samples,
+                f"data.image_key={d.image_key!r}, data.text_key={d.text_key!r}",
+            ),
         )
     return StreamGroup(loaders, count)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clipjax.data.decode import BadSample, ImageTransform, read_image, read_text
+from clipjax.data.skips import Skipped
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class PairDecoder:
         return self.transform.crop(image, rng), text
 
 
-Decoded = tuple[int, tuple[np.ndarray, str] | str]  # (stream index, pair or error message)
+Decoded = tuple[int, tuple[np.ndarray, str] | Skipped]  # (stream index, pair or why not)
 
 _worker_decoder: PairDecoder | None = None
 
@@ -62,7 +63,9 @@ def _decode_chunk(chunk: list[tuple[int, dict]], decoder: PairDecoder | None = N
         try:
             out.append((index, decoder(index, sample)))
         except BadSample as exc:
-            out.append((index, f"skipping sample in {sample.get('__url__')}: {exc}"))
+            out.append(
+                (index, Skipped(str(sample.get("__url__")), str(sample.get("__key__")), str(exc)))
+            )
     return out
 
 
