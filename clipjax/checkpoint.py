@@ -121,6 +121,10 @@ class Checkpoints:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
+    def reached(self, step: int) -> bool:
+        """`jax.distributed`'s preemption sync point: True on every process at one step."""
+        return self.manager.reached_preemption(step)
+
     def due(self, step: int) -> bool:
         """Whether `save(step, ...)` writes a checkpoint without `force`."""
         return self.every > 0 and self.manager.should_save(step)

@@ -24,6 +24,7 @@ from clipjax.parallel import axis_tuple, resolve_mesh_shape, rules_table
 from clipjax.train.divergence import check_policy
 from clipjax.train.objective import MULTI_KINDS, ObjectiveSpec
 from clipjax.train.optim import OPTIMIZERS, SCHEDULES
+from clipjax.train.watchdog import check_watchdog
 
 DATA_SOURCES = ("digits", "shards", "xor")
 
@@ -37,6 +38,8 @@ FIELD_TYPES = {
     "train.host_batch": bool,
     "train.on_nonfinite": str,
     "train.max_skipped_in_a_row": int,
+    "train.stall_timeout": float,
+    "train.preemption_grace": float,
     "loss.group_size": int,
     "loss.ring_chunk": int,
     "optim.lr": float,
@@ -348,6 +351,7 @@ def _optim_and_train(c, problems: list[str]) -> None:
     if c.train.accum_steps < 1:
         problems.append(f"train.accum_steps={c.train.accum_steps} must be at least 1")
     problems += check_policy(c.train.on_nonfinite, c.train.max_skipped_in_a_row)
+    problems += check_watchdog(c.train.stall_timeout, c.train.preemption_grace)
     if c.train.host_batch and c.data.source == "xor":
         problems.append("train.host_batch=True keeps images in host memory; this data has none")
     elif c.train.host_batch and c.data.image_size % 2:

@@ -123,6 +123,11 @@ def get_config(arg=None):
     # parameters and optimizer state and stops after max_skipped_in_a_row such steps
     c.train.on_nonfinite = "stop"
     c.train.max_skipped_in_a_row = 10
+    # seconds one stage (data, step, eval, checkpoint) may last before the run dumps its
+    # threads' stacks and exits 76 for a restart; 0: no limit (the first step compiles)
+    c.train.stall_timeout = 1800.0
+    # seconds after SIGTERM to reach a step boundary and save; then exit 75 without saving
+    c.train.preemption_grace = 60.0
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = (

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 from typing import NamedTuple
 
@@ -27,10 +28,10 @@ class UnusableData(ValueError):
 def check_skip_limits(max_skipped_fraction: float, sanity_samples: int) -> list[str]:
     """Problems with the `data.max_skipped_fraction` / `data.sanity_samples` fields."""
     problems = []
-    if not 0 <= max_skipped_fraction < 1:
+    if not 0 <= max_skipped_fraction <= 1:
         problems.append(
-            f"data.max_skipped_fraction={max_skipped_fraction} must be in [0, 1): the "
-            "fraction of the first data.sanity_samples that may be skipped"
+            f"data.max_skipped_fraction={max_skipped_fraction} must be in [0, 1]: the "
+            "fraction of the first data.sanity_samples that may be skipped (1: no limit)"
         )
     if sanity_samples < 1:
         problems.append(f"data.sanity_samples={sanity_samples} must be at least 1")
@@ -39,20 +40,25 @@ def check_skip_limits(max_skipped_fraction: float, sanity_samples: int) -> list[
 
 class SkipMonitor:
     """Counts the first `sanity_samples` samples' outcomes and raises `UnusableData` as
-    soon as more than `max_fraction` of them are certain to be skipped; logs each
-    shard's skips once, with counts per reason, when the skips move to another shard
-    (or at `flush`)."""
+    soon as more than `max_fraction` of them are certain to be skipped. Logs the first
+    skip of each shard at once and, every `summary_seconds` (and at `flush`), one line
+    per shard with its skips since the last summary, counted by reason: a shuffle
+    buffer interleaves shards, so a summary cannot wait for a shard's end."""
 
-    def __init__(self, max_fraction: float, sanity_samples: int, keys: str):
+    def __init__(
+        self, max_fraction: float, sanity_samples: int, keys: str, summary_seconds: float = 60.0
+    ):
         self.limit = int(max_fraction * sanity_samples)
         self.window = sanity_samples
         self.keys = keys  # "data.image_key='jpg', data.text_key='txt'" for the message
+        self.summary_seconds = summary_seconds
         self.used = 0
         self.skipped = 0
         self.members: Counter[str] = Counter()
         self.json_fields: set[str] = set()
-        self._shard: str | None = None
-        self._reasons: Counter[str] = Counter()
+        self._announced: set[str] = set()
+        self._pending: dict[str, Counter[str]] = {}
+        self._last_summary = time.monotonic()
         self._all_reasons: Counter[str] = Counter()
 
     @property
@@ -73,27 +79,28 @@ class SkipMonitor:
             self.used += 1
 
     def skip(self, skipped: Skipped) -> None:
-        if skipped.url != self._shard:
-            self.flush()
-            self._shard = skipped.url
+        if skipped.url not in self._announced:
+            self._announced.add(skipped.url)
             log.warning(
                 "skipping sample %r in %s: %s (this shard's further skips are summarised)",
                 skipped.key, skipped.url, skipped.reason,
             )  # fmt: skip
-        self._reasons[skipped.reason] += 1
+        self._pending.setdefault(skipped.url, Counter())[skipped.reason] += 1
         if self.checking:
             self.skipped += 1
             self._all_reasons[skipped.reason] += 1
             if self.skipped > self.limit:
                 raise UnusableData(self._message())
+        if time.monotonic() - self._last_summary > self.summary_seconds:
+            self.flush()
 
     def flush(self) -> None:
-        """Logs the current shard's skips, if any."""
-        if self._shard is not None and self._reasons:
-            counts = "; ".join(f"{n} x {reason}" for reason, n in self._reasons.most_common(3))
-            total = sum(self._reasons.values())
-            log.warning("shard %s: %d sample(s) skipped: %s", self._shard, total, counts)
-        self._shard, self._reasons = None, Counter()
+        """Logs each shard's skips since the last summary."""
+        for url, reasons in self._pending.items():
+            counts = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common(3))
+            log.warning("shard %s: %d sample(s) skipped: %s", url, sum(reasons.values()), counts)
+        self._pending = {}
+        self._last_summary = time.monotonic()
 
     def _message(self) -> str:
         seen = self.used + self.skipped

@@ -25,6 +25,7 @@ from clipjax.train.init_from import initial_params
 from clipjax.train.preemption import Preempted, PreemptionWatch
 from clipjax.train.program import StepProgram, build_step_program
 from clipjax.train.state import StatePlan, state_as_dict, state_from_dict
+from clipjax.train.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,29 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
     if jax.process_index() == 0:  # the files in workdir are process 0's; checkpoints are all's
         save_config(config, workdir)
 
+    watchdog = Watchdog(config.train.stall_timeout, config.train.preemption_grace)
+    run = None  # SIGTERM during setup is seen at once; its step boundary comes after it
+    watch = PreemptionWatch(lambda step: run.checkpoints.reached(step), watchdog.signalled)
+    try:
+        with watchdog.stage("setup"):  # mesh, state plan, restore, eval sets
+            run, state, start = _setup(config, workdir, devices, watchdog)
+        writer = MetricWriter(workdir)
+        try:
+            state = run.loop(state, start, writer, watch)
+        finally:
+            run.batches.close()
+            writer.close()
+            run.checkpoints.close()
+    finally:
+        watch.close()
+        watchdog.close()
+    run.result.params = state.params
+    run.result.wall_seconds = time.perf_counter() - started
+    return run.result
+
+
+def _setup(config, workdir: Path, devices, watchdog: Watchdog):
+    """(run, state, start step): the program, the restored state and the data."""
     program = build_step_program(config, build_mesh(config.mesh, devices))
     plan, sharding_for = program.plan, program.sharding_for
     tokenizer = build_tokenizer(config.tokenizer)
@@ -119,21 +143,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
     stats = DataStats()
     batches = Prefetch(iter(batch_source(config, tokenizer, stats, loader_state)))
     evaluator = Evaluator(config, plan.spec, tokenizer, sharding_for, plan.shardings.params)
-
     result = TrainResult(steps=config.train.steps, wall_seconds=0.0, start_step=start)
-    run = _Run(config, program, batches, evaluator, stats, checkpoints, result)
-    writer = MetricWriter(workdir)
-    watch = PreemptionWatch(checkpoints.manager.reached_preemption)
-    try:
-        state = run.loop(state, start, writer, watch)
-    finally:
-        watch.close()
-        batches.close()
-        writer.close()
-        checkpoints.close()
-    result.params = state.params
-    result.wall_seconds = time.perf_counter() - started
-    return result
+    run = _Run(config, program, batches, evaluator, stats, checkpoints, result, watchdog)
+    return run, state, start
 
 
 @dataclass
@@ -145,6 +157,7 @@ class _Run:
     stats: DataStats
     checkpoints: Checkpoints
     result: TrainResult
+    watchdog: Watchdog
 
     def loop(self, state, start: int, writer: MetricWriter, watch: PreemptionWatch):
         total = self.config.train.steps
@@ -153,36 +166,44 @@ class _Run:
             self.config.train.on_nonfinite, self.config.train.max_skipped_in_a_row
         )
         if start == 0:  # evals with an interval also judge the initial params
-            initial = self.evaluator.run(state.params, 0)
+            with self.watchdog.stage("eval"):
+                initial = self.evaluator.run(state.params, 0)
             if initial:
                 writer.write(0, initial)
-        upcoming = self._on_device() if start < total else None
+        upcoming = self._next_batch() if start < total else None
         for step in range(start + 1, total + 1):
             batch, loader_state = upcoming
-            state, metrics = self.program.step(state, batch)
-            guard.observe(step, metrics.pop("nonfinite"))  # settles the step before
+            with self.watchdog.stage("step" if step > start + 1 else "step (the first compiles)"):
+                state, metrics = self.program.step(state, batch)
+                guard.observe(step, metrics.pop("nonfinite"))  # settles the step before
             # device prefetch: the next batch's transfer overlaps this step's compute
-            upcoming = self._on_device() if step < total else None
+            upcoming = self._next_batch() if step < total else None
             preempted = step < total and watch.reached(step)
+            if preempted:
+                self.watchdog.boundary_reached()
             force = preempted or step == total
             if force or self._logs(step) or self.checkpoints.due(step) or self.evaluator.due(step):
-                guard.settle()  # nothing non-finite is logged, evaluated or saved
+                with self.watchdog.stage("step"):
+                    guard.settle()  # nothing non-finite is logged, evaluated or saved
             self._log(step, state, metrics, throughput, writer, guard)
-            self.checkpoints.save(step, state_as_dict(state), loader_state, force=force)
+            with self.watchdog.stage("checkpoint"):
+                self.checkpoints.save(step, state_as_dict(state), loader_state, force=force)
+                if preempted:
+                    self.checkpoints.wait()
             if preempted:
-                self.checkpoints.wait()
                 raise Preempted(step)
         if start >= total:
             log.warning("the checkpoint is at step %d of %d: nothing left to train", start, total)
-            self.result.final_metrics.update(
-                writer.write(total, self.evaluator.run(state.params, total, force=True))
-            )
+            with self.watchdog.stage("eval"):
+                final = self.evaluator.run(state.params, total, force=True)
+            self.result.final_metrics.update(writer.write(total, final))
         return state
 
-    def _on_device(self) -> tuple[dict, dict]:
+    def _next_batch(self) -> tuple[dict, dict]:
         """The next batch as global device arrays, with the loader state after it."""
-        batch, loader_state = next(self.batches)
-        return self.program.place_batch(batch), loader_state
+        with self.watchdog.stage("data"):
+            batch, loader_state = next(self.batches)
+            return self.program.place_batch(batch), loader_state
 
     def _logs(self, step: int) -> bool:
         return step % self.config.train.log_every == 0 or step == self.config.train.steps
@@ -190,7 +211,8 @@ class _Run:
     def _log(self, step: int, state, metrics, throughput, writer, guard: DivergenceGuard):
         values = {}
         if self._logs(step):
-            values = {f"train/{k}": v for k, v in jax.device_get(metrics).items()}
+            with self.watchdog.stage("step"):
+                values = {f"train/{k}": v for k, v in jax.device_get(metrics).items()}
             if guard.last_skipped_step == step:  # its loss is not finite; its state is old
                 values = {k: v for k, v in values.items() if math.isfinite(v)}
             values["train/skipped_steps"] = guard.skipped
@@ -198,6 +220,7 @@ class _Run:
             values.update(self.stats.as_metrics())
             self.result.losses.append(float(values.get("train/loss", math.nan)))
             print_progress(progress_line(step, self.config.train.steps, values))
-        eval_metrics = self.evaluator.run(state.params, step)
+        with self.watchdog.stage("eval"):
+            eval_metrics = self.evaluator.run(state.params, step)
         if values or eval_metrics:
             self.result.final_metrics.update(writer.write(step, {**values, **eval_metrics}))
