@@ -18,12 +18,18 @@ import pytest
 
 from clipjax.checkpoint import read_params, resolve_step_dir
 from clipjax.train.preemption import PREEMPTED_EXIT_CODE
+from clipjax.train.watchdog import STALLED_EXIT_CODE
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _start(
-    workdir: Path, cache: Path, steps: int, every: int, process: tuple[int, int, int] | None = None
+    workdir: Path,
+    cache: Path,
+    steps: int,
+    every: int,
+    process: tuple[int, int, int] | None = None,
+    *overrides: str,
 ) -> subprocess.Popen:
     """`clipjax train` in a subprocess with 2 CPU devices; `process` = (id, count, port)
     runs it as one process of a `jax.distributed` run."""
@@ -49,6 +55,7 @@ def _start(
         "--config.data.shuffle_buffer=100",
         f"--config.checkpoint.every={every}",
         "--config.checkpoint.keep=2",
+        *overrides,
     ]
     workdir.mkdir(parents=True, exist_ok=True)
     attempt = len(list(workdir.glob("stderr-*")))
@@ -136,6 +143,31 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path, digits
     assert [p.wait(timeout=120) for p in processes] == [PREEMPTED_EXIT_CODE] * 2
     assert _steps_logged(workdir) == list(range(1, resolve_step_dir(workdir)[1] + 1))
     assert "resuming from the checkpoint at step" in (workdir / "stderr-2").read_text()
+
+
+@pytest.mark.slow
+def test_a_peer_that_stops_answering_ends_the_other_within_the_stall_timeout(
+    tmp_path, digits_cache
+):
+    """Process 1 is frozen (SIGSTOP) mid-run; process 0 waits inside the step's
+    collectives until its watchdog ends it, naming the stage, well before the
+    distributed heartbeat (60 s) would."""
+    workdir = tmp_path / "run"
+    port = _free_port()
+    stall = "--config.train.stall_timeout=20"
+    processes = [_start(workdir, digits_cache, 2000, 1000, (i, 2, port), stall) for i in range(2)]
+    try:
+        assert _wait_for_step_after(processes[0], workdir, 2)
+        processes[1].send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        code = processes[0].wait(timeout=120)
+        waited = time.monotonic() - stopped
+    finally:
+        processes[1].kill()
+    err = (workdir / "stderr-0").read_text()
+    assert code == STALLED_EXIT_CODE, err
+    assert "stalled: stage 'step' has run for 20 s (train.stall_timeout=20)" in err
+    assert 20 <= waited < 50, waited
 
 
 def _kill_and_resume(tmp_path, cache, kills: int, steps: int = 300) -> None:
