@@ -45,6 +45,7 @@ from clipjax.data.decode import (
 )
 from clipjax.data.pipeline import OrderedDecoder
 from clipjax.data.shards import DataStats, SampleStream, read_shard
+from clipjax.data.skips import Skipped
 from clipjax.evaluate.assets import (
     WORDNET_ID,
     bundled_classnames,
@@ -199,9 +200,9 @@ def collect(items: Iterable, decoder, workers: int, where: str) -> tuple[np.ndar
     """Decodes every item in order: (uint8 crops, targets, number skipped)."""
     crops, targets, skipped = [], [], 0
     for _, result in OrderedDecoder(decoder, workers)(enumerate(items)):
-        if isinstance(result, str):
+        if isinstance(result, Skipped):
             skipped += 1
-            log.warning("%s: %s", where, result)
+            log.warning("%s: skipping sample %r in %s: %s", where, *result)
             continue
         crops.append(result[0])
         targets.append(result[1])
