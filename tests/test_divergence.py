@@ -65,6 +65,7 @@ def test_skip_keeps_the_state_of_a_nan_step_and_goes_on(
     assert "train/loss" not in rows[3] and np.isfinite(rows[4]["train/loss"])
 
 
+@pytest.mark.slow
 def test_skip_stops_after_too_many_in_a_row(tmp_path, digits_cache, capsys, nan_images_at):
     nan_images_at({3, 4, 5})
     extra = ["--config.train.on_nonfinite='skip'", "--config.train.max_skipped_in_a_row=2"]

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from clipjax.train.preemption import PREEMPTED_EXIT_CODE
 from clipjax.train.watchdog import STALLED_EXIT_CODE, Watchdog
 
@@ -40,6 +42,7 @@ def wait_for_text(process, path: Path, text: str, timeout: float = 120) -> None:
     raise TimeoutError(f"{text!r} not in {path} within {timeout} s")
 
 
+@pytest.mark.slow  # 40 s: setup, then the 30 s timeout
 def test_a_data_source_that_never_answers_ends_the_run_naming_the_stage(tmp_path, digits_cache):
     fifo = tmp_path / "shard-000.tar"
     os.mkfifo(fifo)  # opening it for reading blocks until a writer comes: none will
