@@ -4,17 +4,22 @@
     uv run python bench/pod_memory.py --records l14-1m-v5p128 l14-4m-v5p16-host
     uv run python bench/pod_memory.py --loss-only --topologies v5p-16 v5p-128
     uv run python bench/pod_memory.py --compile-time vit_b16 vit_l14
+    uv run python bench/pod_memory.py --grid
 
 Each record is `clipjax compile` on a config (the same step `clipjax train` runs);
 `--loss-only` compiles the contrastive loss's forward and backward alone (d=512,
-fp32) for each strategy. Prints Markdown tables for BENCHMARKS.md.
+fp32) for each strategy; `--grid` compiles CLIP ViT-B/16 and ViT-L/14 at global batch
+32,768 on 256-chip slices, data vs fsdp sharding, gather vs ring, and finds the largest
+power-of-two batch of each. Prints Markdown tables for BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+from functools import partial
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -105,6 +110,86 @@ def largest_batch(model: str, topology: str, micro: int, low: int, high: int) ->
     )
 
 
+GRID_MODELS = ("vit_b16", "vit_l14")
+GRID_TOPOLOGIES = ("v4-256", "v5p-256", "v5e-256")
+SHARDINGS = {"data": ["mesh.data=-1", "mesh.fsdp=1"], "fsdp": ["mesh.data=1", "mesh.fsdp=-1"]}
+GRID = ["model.scan_layers=True", "model.remat='full'"]  # fp32, no accumulation
+
+
+def compile_grid_point(model: str, topology: str, sharding: str, strategy: str, batch: int):
+    from clipjax.aot.compile import compile_for_topology
+    from clipjax.aot.topology import parse_topology
+    from clipjax.config import apply_overrides, load_config
+
+    config = load_config(f"configs/clip/{model}.py")
+    apply_overrides(config, [f"train.batch_size={batch}", f"loss.strategy={strategy!r}",
+                             *SHARDINGS[sharding], *GRID])  # fmt: skip
+    return compile_for_topology(config, parse_topology(topology))
+
+
+def needed_bytes(report) -> int:
+    return report.requested_bytes if report.requested_bytes is not None else report.total_bytes
+
+
+def largest_power_of_two(first, batch: int, compile_at) -> tuple[int | None, object]:
+    """The largest power-of-two global batch that fits, from `first` (the report at
+    `batch`): guess from memory affine in the batch above the state, then step by
+    factors of two until one fits and its double does not."""
+    fixed = first.memory.get("state", 0) if first.memory else 0
+    slope = max(needed_bytes(first) - fixed, 1) / batch
+    exponent = max(int(math.log2(max((first.hbm_bytes - fixed) / slope, 1))), 0)
+    low = int(math.log2(first.chips))
+    exponent = min(max(exponent, low), 24)
+    reports = {int(math.log2(batch)): first}
+
+    def at(e):
+        if e not in reports:
+            reports[e] = compile_at(2**e)
+        return reports[e]
+
+    while exponent > low and not at(exponent).fits:
+        exponent -= 1
+    if not at(exponent).fits:
+        return None, None
+    while exponent < 24 and at(exponent + 1).fits:
+        exponent += 1
+    return 2**exponent, at(exponent)
+
+
+def run_grid(batch: int, only: list[str], largest_for: list[str], skip: int) -> None:
+    """Each row: model, topology, sharding, strategy at `batch`; `only` limits it to some
+    MODEL:TOPOLOGY pairs, `largest_for` to some SHARDING:STRATEGY pairs the search for the
+    largest batch (the rest print "-"), and `skip` leaves out the first rows."""
+    print(
+        "| model | topology | sharding | strategy | state | temporaries | total / HBM (GiB) "
+        "| fits | largest power-of-two batch (total GiB) |"
+    )
+    print("|---|---|---|---|---:|---:|---:|---|---:|")
+    rows = [
+        (model, topology, sharding, strategy)
+        for model in GRID_MODELS
+        for topology in GRID_TOPOLOGIES
+        if not only or f"{model}:{topology}" in only
+        for sharding in SHARDINGS
+        for strategy in ("gather", "ring")
+    ]
+    for model, topology, sharding, strategy in rows[skip:]:
+        at = partial(compile_grid_point, model, topology, sharding, strategy)
+        r = at(batch)
+        m = r.memory or {}
+        most = "-"
+        if not largest_for or f"{sharding}:{strategy}" in largest_for:
+            largest, best = largest_power_of_two(r, batch, at)
+            most = "none" if largest is None else f"{largest:,} ({gib(best.total_bytes)})"
+        print(
+            f"| {model} | {topology} ({r.chips} chips) | {sharding} | {strategy} "
+            f"| {gib(m.get('state'))} | {gib(m.get('temporaries'))} "
+            f"| {gib(needed_bytes(r))} / {gib(r.hbm_bytes)} "
+            f"| {'yes' if r.fits else 'NO'} | {most} |",
+            flush=True,
+        )
+
+
 def compile_times(models: list[str], topology: str, batch: int) -> None:
     """The TPU compiler's time for the train step with unrolled vs scanned blocks."""
     from clipjax.aot.compile import compile_for_topology
@@ -184,6 +269,11 @@ def main() -> None:
     parser.add_argument("--micro", type=int, default=128, help="rows per chip per micro-batch")
     parser.add_argument("--exponents", type=int, nargs=2, default=[14, 24])
     parser.add_argument("--compile-time", nargs="+", default=[], metavar="MODEL")
+    parser.add_argument("--grid", action="store_true", help="CLIP B/16, L/14 on 256-chip slices")
+    parser.add_argument("--grid-batch", type=int, default=32_768)
+    parser.add_argument("--grid-only", nargs="+", default=[], metavar="MODEL:TOPOLOGY")
+    parser.add_argument("--grid-largest-for", nargs="+", default=[], metavar="SHARDING:STRATEGY")
+    parser.add_argument("--grid-skip", type=int, default=0, help="leave out the first rows")
     parser.add_argument("--compile-topology", default="v5p-8")
     parser.add_argument("--compile-batch", type=int, default=256)
     args = parser.parse_args()
@@ -202,6 +292,8 @@ def main() -> None:
         for item in args.largest:
             model, topology = item.split(":")
             largest_batch(model, topology, args.micro, *args.exponents)
+    if args.grid:
+        run_grid(args.grid_batch, args.grid_only, args.grid_largest_for, args.grid_skip)
     if args.compile_time:
         compile_times(args.compile_time, args.compile_topology, args.compile_batch)
     if args.loss_only:
