@@ -55,9 +55,11 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def nonfinite_flags(loss: jax.Array, grads, params) -> jax.Array:
-    """An int32 with bit i set where `PARTS[i]` has a non-finite value."""
-    finite = (jnp.all(jnp.isfinite(loss)), _all_finite(grads), _all_finite(params))
+def nonfinite_flags(loss: jax.Array, grad_norm: jax.Array, params) -> jax.Array:
+    """An int32 with bit i set where `PARTS[i]` has a non-finite value. The gradients are
+    judged by their global norm, which the step computes anyway: it is finite exactly
+    when every gradient is (short of a norm past float32's range, itself a divergence)."""
+    finite = (jnp.all(jnp.isfinite(loss)), jnp.isfinite(grad_norm), _all_finite(params))
     return sum(jnp.where(ok, 0, 1 << i) for i, ok in enumerate(finite)).astype(jnp.int32)
 
 

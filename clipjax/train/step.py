@@ -199,7 +199,8 @@ def make_train_step(
         loss, metrics, grads = grad_fn(state.params, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = clamp_log_scale(optax.apply_updates(state.params, updates))
-        flags = nonfinite_flags(loss, grads, params)
+        grad_norm = optax.tree.norm(grads)
+        flags = nonfinite_flags(loss, grad_norm, params)
         if skip_nonfinite:
             params, opt_state = keep_if_finite(
                 flags, (params, opt_state), (state.params, state.opt_state)
@@ -208,7 +209,7 @@ def make_train_step(
             **metrics,
             "nonfinite": flags,
             "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
             "learning_rate": schedule(state.step),
         }
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
