@@ -27,7 +27,7 @@ def held_out_accuracy(config, params, samples: int) -> float:
 
     from clipjax.data.synthetic import xor_candidates, xor_eval_set
     from clipjax.losses.symile import pairwise_clip_predict, symile_predict
-    from clipjax.train.state import model_spec
+    from clipjax.models.spec import model_spec
 
     model = nnx.merge(model_spec(config.model).graphdef, params)
     bits, noise = config.data.xor_bits, config.data.xor_noise

@@ -166,7 +166,7 @@ def _compile(args, overrides: list[str]) -> int:
         from clipjax.aot.compile import compile_for_topology
         from clipjax.aot.report import format_report
 
-        config = load_config(args.config)
+        config = _load(args.config)
         apply_overrides(config, overrides)
         report = compile_for_topology(config, topology)
     except (ConfigError, ValueError, CompilerMissing) as exc:
@@ -177,6 +177,16 @@ def _compile(args, overrides: list[str]) -> int:
         with open(args.out, "w") as f:
             json.dump(report.as_json(), f, indent=1)
     return 0 if report.fits else 3
+
+
+def _load(spec: str | None):
+    """The config file `spec` with every eval entry's optional fields filled in, so
+    that each can be overridden."""
+    from clipjax.evaluate.fields import complete_evals
+
+    config = load_config(spec)
+    complete_evals(config)
+    return config
 
 
 def _eval(args, overrides: list[str]) -> int:
@@ -198,7 +208,7 @@ def _eval(args, overrides: list[str]) -> int:
         if args.checkpoint:
             config, imported = sa.checkpoint_config(args.checkpoint, args.config), None
         else:
-            config = load_config(args.config)
+            config = _load(args.config)
             imported = sa.imported_params(config, source)
         apply_overrides(config, overrides)
         sa.check_config(config, imported is not None)
@@ -239,9 +249,7 @@ def _start_distributed(args, config) -> None:
         os.environ, args.distributed, args.coordinator_address, args.num_processes, args.process_id
     )
     if group is not None:
-        d = config.distributed
-        timeouts = distributed.Timeouts(d.init_timeout, d.heartbeat_timeout, d.shutdown_timeout)
-        distributed.initialize(group, timeouts)
+        distributed.initialize(group, distributed.Timeouts.from_config(config.distributed))
 
 
 def _shards(args) -> int:
@@ -313,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "compile":
         return _compile(args, overrides)
     try:
-        config = load_config(args.config)
+        config = _load(args.config)
         apply_overrides(config, overrides)
         _start_distributed(args, config)
         from clipjax.train.loop import train  # imports jax; errors above come first

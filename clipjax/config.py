@@ -1,4 +1,5 @@
-"""Config files: load `file.py[:variant]`, apply CLI overrides, validate, save.
+"""Config files: load `file.py[:variant]`, apply CLI overrides, save (the checks are
+`clipjax.validation`'s).
 
 A config file defines `get_config(arg=None) -> ml_collections.ConfigDict`. The
 returned config is locked, so overriding a field that does not exist fails
@@ -16,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
-
-from clipjax.evaluate.fields import complete_evals
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.py"
 
@@ -42,7 +41,6 @@ def load_config(spec: str | None = None) -> ml_collections.ConfigDict:
         raise ConfigError(
             f"get_config in {str(path)!r} returned {type(config).__name__}, expected ConfigDict"
         )
-    complete_evals(config)
     config.lock()
     return config
 
@@ -133,21 +131,3 @@ def save_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
     return path
-
-
-def validate(
-    config: ml_collections.ConfigDict,
-    num_devices: int,
-    num_processes: int = 1,
-    reads_data: bool = True,
-) -> None:
-    """Checks types and cross-field constraints; raises ConfigError listing every problem.
-
-    Runs before any model is built or anything is compiled. `reads_data=False` (compiling
-    only) skips the checks that the training data and `init_from` exist.
-    """
-    from clipjax.config_checks import config_problems
-
-    problems = config_problems(config, num_devices, num_processes, reads_data)
-    if problems:
-        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

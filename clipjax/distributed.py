@@ -51,6 +51,11 @@ class Timeouts:
     heartbeat: int = 60  # a process silent this long is dead and the run stops
     shutdown: int = 60  # seconds to wait for the others at exit
 
+    @classmethod
+    def from_config(cls, group) -> Timeouts:
+        """From the config's `distributed` group."""
+        return cls(group.init_timeout, group.heartbeat_timeout, group.shutdown_timeout)
+
     def __post_init__(self):
         for name, value in vars(self).items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

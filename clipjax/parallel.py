@@ -182,3 +182,30 @@ def constrain_to_batch(x: jax.Array) -> jax.Array:
     mesh, axes = active
     spec = P(axes, *([None] * (x.ndim - 1)))
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def batch_split_problems(
+    mesh_config: Mapping[str, int],
+    rules: Sequence[Sequence],
+    batches: Sequence[tuple[str, int]],
+    num_devices: int,
+    num_processes: int,
+) -> tuple[list[str], int | None]:
+    """(problems, data-parallel size): whether the mesh fits `num_devices` and each
+    `(field, size)` batch splits over its batch axes and the processes."""
+    try:
+        sizes = resolve_mesh_shape(mesh_config, num_devices)
+        names = axis_tuple(rules_table(rules).get("batch"))
+    except ValueError as exc:
+        return [str(exc)], None
+    data_parallel = math.prod(sizes[a] for a in names)
+    problems = []
+    for field, size in batches:
+        if size % data_parallel:
+            problems.append(
+                f"{field}={size} is not divisible by the data-parallel size {data_parallel} "
+                f"(mesh {sizes}, batch sharded over {names})"
+            )
+        elif size % num_processes:
+            problems.append(f"{field}={size} is not divisible by {num_processes} processes")
+    return problems, data_parallel

@@ -10,6 +10,8 @@ Variants: `configs/default.py:tiny` (a few steps, for tests and smoke runs).
 
 import ml_collections
 
+from clipjax.evaluate.fields import eval_entry
+
 
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
@@ -88,7 +90,6 @@ def get_config(arg=None):
 
     c.loss = ml_collections.ConfigDict()
     c.loss.kind = "softmax"  # softmax | dcl | sigmoid; 3+ modalities: symile | pairwise
-    c.loss.symile_negatives = "n"  # symile: n (one permutation per modality) | n_squared
     c.loss.strategy = "gather"  # gather | grouped | ring
     c.loss.group_size = 1  # batch shards per group, for strategy "grouped"
     c.loss.ring_chunk = 1024  # strategy "ring": columns scored at once, memory O(b * chunk)
@@ -107,7 +108,7 @@ def get_config(arg=None):
     c.optim.clip_norm = 1.0  # global-norm clipping; 0 disables
     c.optim.schedule = "cosine"  # cosine | rsqrt | constant_cooldown
     c.optim.warmup_steps = 50
-    c.optim.cooldown_steps = 0  # constant_cooldown only
+    c.optim.cooldown_steps = None  # constant_cooldown only: steps of the linear cooldown
     c.optim.end_lr_factor = 0.01
 
     c.train = ml_collections.ConfigDict()
@@ -154,19 +155,13 @@ def get_config(arg=None):
         ("layers", None),
     )
 
-    # Evaluations (clipjax/evaluate/runner.py lists every field): kind zeroshot | retrieval |
-    # linear_probe, source digits | clip_benchmark | image_folder | tfds. every > 0: at step
-    # 0, every N steps and at the end; 0: at the end only.
+    # Evaluations (clipjax/evaluate/fields.py lists the fields each kind and source read):
+    # kind zeroshot | retrieval | linear_probe, source digits | clip_benchmark |
+    # image_folder | tfds. every > 0: at step 0, every N steps and at the end; 0: at the end.
     c.evals = ml_collections.ConfigDict()
-    c.evals.digits = ml_collections.ConfigDict(
-        dict(kind="zeroshot", source="digits", dataset_dir="", every=0, batch_size=256)
-    )
-    c.evals.digits_retrieval = ml_collections.ConfigDict(
-        dict(kind="retrieval", source="digits", dataset_dir="", every=0, batch_size=256)
-    )
-    c.evals.digits_probe = ml_collections.ConfigDict(
-        dict(kind="linear_probe", source="digits", dataset_dir="", every=0, batch_size=256)
-    )
+    c.evals.digits = eval_entry("zeroshot", "digits")
+    c.evals.digits_retrieval = eval_entry("retrieval", "digits")
+    c.evals.digits_probe = eval_entry("linear_probe", "digits")
 
     if arg == "tiny":
         c.train.steps = 8

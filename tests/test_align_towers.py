@@ -11,13 +11,13 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from clipjax.config import load_config
-from clipjax.config_checks import config_problems
 from clipjax.data.tokenizers import ByteTokenizer
 from clipjax.models.convnet import EfficientNet
+from clipjax.models.spec import model_spec
 from clipjax.models.text import TextTransformer, end_positions
 from clipjax.models.two_tower import TwoTower
 from clipjax.parallel import build_mesh, param_shardings, rules_table
-from clipjax.train.state import model_spec
+from clipjax.validation import config_problems
 
 # EfficientNet-B0's repeats per stage (Tan & Le, 2019, table 1), written out here
 # independently of clipjax.models.convnet.
@@ -28,11 +28,10 @@ KERAS_B0_TRAINABLE = 4_007_548
 F32 = dict(dtype=jnp.float32, param_dtype=jnp.float32)
 
 
-def image_cfg(width=0.25, depth=0.2, image_size=32) -> ml_collections.ConfigDict:
+def image_cfg(width=0.25, depth=0.2) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(
             kind="efficientnet",
-            image_size=image_size,
             width_coefficient=width,
             depth_coefficient=depth,
             se_ratio=0.25,
@@ -74,7 +73,7 @@ def abstract_efficientnet(width, depth, embed_dim=16) -> EfficientNet:
     with nnx.use_eager_sharding(False):
         return nnx.eval_shape(
             lambda: EfficientNet(
-                image_cfg(width, depth, 224),
+                image_cfg(width, depth),
                 embed_dim,
                 scan=False,
                 remat="none",

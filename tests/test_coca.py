@@ -12,9 +12,10 @@ from flax import nnx
 
 from clipjax.config import apply_overrides, load_config
 from clipjax.data.decode import ImageTransform
+from clipjax.data.pixels import pixel_normalizer
 from clipjax.data.tokenizers import ByteTokenizer
 from clipjax.data.writer import DIGIT_WORDS, build_digits_shards
-from clipjax.evaluate.sources import load_clip_benchmark
+from clipjax.evaluate.sources.clip_benchmark import load_clip_benchmark
 from clipjax.losses.caption import caption_loss
 from clipjax.models import build_model
 from clipjax.models.coca import CoCa
@@ -26,7 +27,6 @@ from clipjax.models.generate import (
     score_captions,
 )
 from clipjax.train.loop import train
-from clipjax.train.step import pixel_normalizer
 
 SOT, EOT = ByteTokenizer.SOT, ByteTokenizer.EOT
 greedy = nnx.jit(greedy_captions, static_argnames=GREEDY_STATIC)

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from clipjax.cli import _split_overrides, main
-from clipjax.config import ConfigError, apply_overrides, load_config, save_config, validate
+from clipjax.config import ConfigError, apply_overrides, load_config, save_config
+from clipjax.validation import validate
 
 
 def test_variant_and_overrides_apply_with_types():

@@ -171,7 +171,7 @@ def test_on_device_normalisation_equals_the_host_one():
     """The loader ships uint8; the jitted step normalises as the host did, floats pass."""
     import jax
 
-    from clipjax.train.step import pixel_normalizer
+    from clipjax.data.pixels import pixel_normalizer
 
     mean, std = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
     transform = ImageTransform(8, mean, std, train=False)

@@ -19,15 +19,10 @@ from clipjax.evaluate.assets import (
     check_templates,
     read_lines,
 )
-from clipjax.evaluate.sources import (
-    DEFAULT_TEMPLATE,
-    EvalSet,
-    clip_benchmark_shards,
-    load_clip_benchmark,
-    load_image_folder,
-    resolve_templates,
-)
-from clipjax.evaluate.tfds_source import array_to_image, load_tfds
+from clipjax.evaluate.sources.clip_benchmark import clip_benchmark_shards, load_clip_benchmark
+from clipjax.evaluate.sources.evalset import DEFAULT_TEMPLATE, EvalSet, resolve_templates
+from clipjax.evaluate.sources.image_folder import load_image_folder
+from clipjax.evaluate.sources.tfds import array_to_image, load_tfds
 
 TRANSFORM = ImageTransform(8, mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.3), train=False)
 

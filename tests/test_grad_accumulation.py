@@ -7,13 +7,14 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from clipjax.config import load_config
+from clipjax.data.pixels import pixel_normalizer
 from clipjax.losses import LossSpec
 from clipjax.parallel import build_mesh, rules_table
 from clipjax.train.objective import ObjectiveSpec, make_objective
 from clipjax.train.optim import build_optimizer
 from clipjax.train.program import packed_words
 from clipjax.train.state import create_train_state
-from clipjax.train.step import make_grad_fn, merge_micro, pixel_normalizer, split_micro
+from clipjax.train.step import make_grad_fn, merge_micro, split_micro
 
 
 def test_split_and_merge_micro_batches_are_inverse_and_keep_rows_on_their_shard():

@@ -10,10 +10,11 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from clipjax.config import apply_overrides, load_config, validate
+from clipjax.config import apply_overrides, load_config
 from clipjax.losses import LossSpec, contrastive_loss
 from clipjax.parallel import build_mesh
 from clipjax.train.program import build_step_program
+from clipjax.validation import validate
 
 HUGE = 4_194_304
 TWO_TOWER = {
@@ -37,7 +38,7 @@ CASES = [
     ("siglip grouped, 8 accumulation steps", "siglip",
      ["loss.strategy='grouped'", "loss.group_size=2", "train.accum_steps=8"]),
     ("symile", "symile", []),
-    ("symile pairwise", "symile", ["loss.kind='pairwise'"]),
+    ("symile pairwise", "symile", ["loss.kind='pairwise'", "loss.symile_negatives=''"]),
 ]  # fmt: skip
 
 

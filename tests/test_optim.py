@@ -106,3 +106,26 @@ def test_log_scale_is_clamped_to_ln_100():
     params = clamp_log_scale({"logit_scale": jnp.float32(7.0), "w": jnp.ones(2)})
     np.testing.assert_allclose(params["logit_scale"], np.log(100.0), rtol=1e-6)
     assert float(clamp_log_scale({"logit_scale": jnp.float32(-1.0)})["logit_scale"]) == 0.0
+
+
+def test_adafactor_b1_is_its_momentum():
+    """`optim.b1` takes effect under Adafactor (its momentum); None keeps none."""
+    params = {"w": jnp.ones((4, 3))}
+    grads = [{"w": jnp.full((4, 3), g)} for g in (1.0, -1.0)]
+
+    def second_update(b1):
+        cfg = optim_config(name="adafactor", b1=b1, weight_decay=0.0, clip_norm=0.0)
+        tx = build_optimizer(cfg, total_steps=100)
+        state = tx.init(params)
+        for g in grads:
+            updates, state = tx.update(g, state, params)
+        return np.asarray(updates["w"]), state
+
+    plain, plain_state = second_update(None)
+    with_momentum, momentum_state = second_update(0.9)
+    traces = lambda s: [x for x in jax.tree.leaves(s) if getattr(x, "shape", ()) == (4, 3)]
+    assert len(traces(momentum_state)) == len(traces(plain_state)) + 1  # the momentum buffer
+    # warmup starts at lr 0, so the first update is 0 and the momentum (an average
+    # m = b1 m + (1 - b1) u) holds a tenth of the second
+    np.testing.assert_allclose(with_momentum, (1 - 0.9) * plain, rtol=1e-5)
+    assert np.all(plain != 0)

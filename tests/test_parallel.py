@@ -43,8 +43,9 @@ def test_mesh_on_a_subset_of_devices():
 def step_temporaries(mesh: list[str]) -> int:
     """Compiled temporaries (bytes per device) of the train step of a CLIP with
     ViT-B-width towers (768 / 512 wide, tiny depth) at 128 rows per device."""
-    from clipjax.config import apply_overrides, load_config, validate
+    from clipjax.config import apply_overrides, load_config
     from clipjax.train.program import build_step_program
+    from clipjax.validation import validate
 
     config = load_config("configs/clip/tiny.py")
     widths = ["model.image.width=768", "model.text.width=512"]

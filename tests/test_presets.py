@@ -6,8 +6,9 @@ import jax
 import pytest
 from flax import nnx
 
-from clipjax.config import load_config, validate
+from clipjax.config import load_config
 from clipjax.models import build_model
+from clipjax.validation import validate
 
 OPENAI_PARAMETERS = {  # sum of tensor sizes in OpenAI's released state dicts
     "vit_b32": 151_277_313,

@@ -8,9 +8,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from clipjax.config import ConfigError, validate
+from clipjax.config import ConfigError
 from clipjax.data.clip_bpe import BUNDLED_VOCAB, ClipBpeTokenizer
 from clipjax.data.tokenizers import HFTokenizer, SentencePieceTokenizer, build_tokenizer
+from clipjax.validation import validate
 
 REFERENCE = Path(__file__).parent / "fixtures" / "clip_bpe_reference.json"
 CORPUS = [
@@ -122,7 +123,13 @@ def test_build_tokenizer_errors(tmp_path):
         build_tokenizer(_tokenizer_config("sentencepiece", str(tmp_path / "x.model")))
     with pytest.raises(ValueError, match="expected one of"):
         build_tokenizer(_tokenizer_config("wordpiece"))
-    assert build_tokenizer(_tokenizer_config("clip", length=77)).vocab_size == 49408
+    with pytest.raises(ValueError, match=r"tokenizer.lowercase=False: tokenizer.kind='clip'"):
+        build_tokenizer(_tokenizer_config("clip", length=77))
+    clip = _tokenizer_config("clip", length=77)
+    clip.lowercase = True
+    assert build_tokenizer(clip).vocab_size == 49408
+    with pytest.raises(ValueError, match=r"tokenizer.path='v.txt' is not used by .*'bytes'"):
+        build_tokenizer(_tokenizer_config("bytes", "v.txt"))
 
 
 def test_argmax_pooling_with_another_vocabulary_is_a_config_error(tmp_path, tiny_config):

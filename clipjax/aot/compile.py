@@ -17,10 +17,10 @@ import jax
 
 from clipjax.aot.gpu_topology import GpuTopology
 from clipjax.aot.topology import Topology
-from clipjax.config import validate
 from clipjax.flops import device_peak, train_flops_per_example
 from clipjax.parallel import build_mesh
 from clipjax.train.program import build_step_program
+from clipjax.validation import validate
 
 MEMORY_FIELDS = (
     "model.remat ('full' recomputes each block in the backward pass)",

@@ -119,8 +119,15 @@ def build_tokenizer(config) -> Tokenizer:
     """Builds the tokenizer named by `config.kind` (a `tokenizer` config group)."""
     kind, length, path = config.kind, config.context_length, config.get("path", "")
     if kind == "bytes":
+        if path:
+            raise ValueError(f"tokenizer.path={path!r} is not used by tokenizer.kind='bytes'")
         return ByteTokenizer(length, lowercase=config.lowercase)
     if kind == "clip":
+        if not config.get("lowercase", True):
+            raise ValueError(
+                "tokenizer.lowercase=False: tokenizer.kind='clip' always lowercases, as "
+                "OpenAI's BPE vocabulary was built from lowercased text"
+            )
         from clipjax.data.clip_bpe import ClipBpeTokenizer
 
         return ClipBpeTokenizer(length, path or None)

@@ -1,11 +1,14 @@
-"""The fields of a `config.evals` entry (no heavy imports: the config loader uses it)."""
+"""The fields of a `config.evals` entry, which kind and source read which, and their
+checks (no heavy imports: config files and the config checks use it)."""
 
 from __future__ import annotations
 
 import ml_collections
 
+from clipjax.evaluate.sources import SOURCES
+
 EVAL_KINDS = ("zeroshot", "retrieval", "linear_probe")
-EVAL_SOURCES = ("digits", "clip_benchmark", "image_folder", "tfds")
+EVAL_SOURCES = tuple(SOURCES)
 # Optional fields of an eval entry and their defaults.
 EVAL_DEFAULTS = dict(
     dataset_dir="",  # clip_benchmark dir | image folder | tfds data_dir
@@ -21,21 +24,108 @@ EVAL_DEFAULTS = dict(
     every=0,  # > 0: at step 0, every N steps and the last step; 0: the last step only
     batch_size=256,
 )
+_COMMON_FIELDS = ("split", "every", "batch_size")
+KIND_FIELDS = {
+    "zeroshot": ("templates_file", "classnames_file"),
+    "retrieval": (),
+    "linear_probe": ("train_split", "classnames_file"),
+}
 
 
 def eval_field(cfg, field: str):
     return cfg.get(field, EVAL_DEFAULTS[field])
 
 
+def entry_fields(kind: str, source: str) -> tuple[str, ...]:
+    """The optional fields an entry of `kind` from `source` reads."""
+    return (*_COMMON_FIELDS, *KIND_FIELDS[kind], *SOURCES[source].fields)
+
+
+def eval_entry(kind: str, source: str, **fields) -> ml_collections.ConfigDict:
+    """An eval entry with every field its kind and source read (defaults where not
+    given), so each can be overridden from the command line."""
+    entry = ml_collections.ConfigDict(dict(kind=kind, source=source, **fields))
+    _complete(entry)
+    return entry
+
+
+def _complete(entry: ml_collections.ConfigDict) -> None:
+    if entry.get("kind") not in KIND_FIELDS or entry.get("source") not in SOURCES:
+        return  # eval_problems names the bad kind or source
+    with entry.unlocked():
+        for field in entry_fields(entry.kind, entry.source):
+            if field not in entry:
+                entry[field] = EVAL_DEFAULTS[field]
+
+
 def complete_evals(config: ml_collections.ConfigDict) -> None:
-    """Gives every eval entry all optional fields, so each can be overridden from the
-    command line and `config.json` records what ran."""
+    """Gives every eval entry the fields its kind and source read, so each can be
+    overridden from the command line and `config.json` records what ran."""
     evals = config.get("evals")
-    if not isinstance(evals, ml_collections.ConfigDict):
-        return
-    for entry in evals.values():
-        if isinstance(entry, ml_collections.ConfigDict):
-            with entry.unlocked():
-                for field, default in EVAL_DEFAULTS.items():
-                    if field not in entry:
-                        entry[field] = default
+    if isinstance(evals, ml_collections.ConfigDict):
+        for entry in evals.values():
+            if isinstance(entry, ml_collections.ConfigDict):
+                _complete(entry)
+
+
+def drop_unread_defaults(config: ml_collections.ConfigDict) -> None:
+    """Removes the fields an entry's kind and source do not read where they hold their
+    default: what older `config.json` files record for every entry."""
+    for entry in (config.get("evals") or {}).values():
+        if entry.get("kind") in KIND_FIELDS and entry.get("source") in SOURCES:
+            used = entry_fields(entry.kind, entry.source)
+            for field in list(entry.keys()):
+                if field not in used and entry[field] == EVAL_DEFAULTS.get(field, object()):
+                    del entry[field]
+
+
+def eval_problems(evals) -> list[str]:
+    """Every problem of the `evals` group's entries."""
+    problems = []
+    for name, e in evals.items():
+        if not isinstance(e, ml_collections.ConfigDict):
+            problems.append(f"evals.{name} must be a group of fields (kind, source, ...)")
+            continue
+        kind, source = e.get("kind"), e.get("source")
+        if kind not in EVAL_KINDS or source not in SOURCES:
+            problems += [
+                f"evals.{name}.{field}={value!r} is not one of {allowed}"
+                for field, value, allowed in (
+                    ("kind", kind, EVAL_KINDS),
+                    ("source", source, EVAL_SOURCES),
+                )
+                if value not in allowed
+            ]
+            continue
+        problems += _entry_problems(name, e, kind, source)
+    return problems
+
+
+def _entry_problems(name: str, e, kind: str, source: str) -> list[str]:
+    used = entry_fields(kind, source)
+    unknown = sorted(set(e.keys()) - set(used) - {"kind", "source"})
+    problems = []
+    if unknown:
+        problems.append(
+            f"evals.{name} has fields {unknown} that kind {kind!r} from source {source!r} "
+            f"does not read; its fields: kind, source, {', '.join(used)}"
+        )
+    for field in SOURCES[source].needs:
+        if not eval_field(e, field):
+            problems.append(f"evals.{name}.source={source!r} needs evals.{name}.{field}")
+    for field in ("every", "batch_size", "limit"):
+        value = eval_field(e, field)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            problems.append(f"evals.{name}.{field}={value!r} must be an integer >= 0")
+    if eval_field(e, "batch_size") == 0:
+        problems.append(f"evals.{name}.batch_size=0 must be positive")
+    return problems
+
+
+def eval_batches(evals) -> list[tuple[str, int]]:
+    """(field, size) of every entry's batch, for the mesh check."""
+    return [
+        (f"evals.{n}.batch_size", eval_field(e, "batch_size"))
+        for n, e in evals.items()
+        if isinstance(e, ml_collections.ConfigDict)
+    ]

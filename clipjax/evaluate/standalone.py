@@ -47,7 +47,7 @@ def run_config_json(checkpoint: str) -> Path | None:
 def checkpoint_config(checkpoint: str, evals_from: str | None) -> ml_collections.ConfigDict:
     """The run's own config; `evals_from` (a config file) replaces its `evals`."""
     from clipjax.config import ConfigError, load_config
-    from clipjax.evaluate.fields import complete_evals
+    from clipjax.evaluate.fields import complete_evals, drop_unread_defaults
 
     saved = run_config_json(checkpoint)
     if saved is None:
@@ -58,6 +58,7 @@ def checkpoint_config(checkpoint: str, evals_from: str | None) -> ml_collections
     config = ml_collections.ConfigDict(json.loads(saved.read_text()))
     if evals_from:
         config.evals = load_config(evals_from).evals
+    drop_unread_defaults(config)  # runs before 2026-12 gave every entry every field
     complete_evals(config)
     config.lock()
     return config
@@ -78,8 +79,8 @@ def check_flags(args) -> None:
 def check_config(config: ml_collections.ConfigDict, imported: bool) -> None:
     """The evals fit the devices, and imported weights get a tokenizer that fits them."""
     from clipjax.config import ConfigError
-    from clipjax.config_checks import eval_config_problems
     from clipjax.models.presets import CLIP_VOCAB
+    from clipjax.validation import eval_config_problems
 
     problems = eval_config_problems(config, jax.device_count())
     text = config.model.text
@@ -129,8 +130,8 @@ def evaluate(
     from clipjax.data.tokenizers import build_tokenizer
     from clipjax.evaluate.runner import Evaluator
     from clipjax.interop.params_tree import abstract_params, fill_params
+    from clipjax.models.spec import model_spec
     from clipjax.parallel import batch_sharding, build_mesh, param_shardings, rules_table
-    from clipjax.train.state import model_spec
 
     mesh = build_mesh(config.mesh)
     rules = rules_table(config.sharding_rules)

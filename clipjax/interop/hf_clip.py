@@ -224,11 +224,12 @@ def hf_config_from_model(model_cfg, logit_scale: float) -> dict:
         raise ValueError(f"model.name={model_cfg.name!r} has no HF CLIP equivalent (only 'clip')")
     image, text = model_cfg.image, model_cfg.text
     problems = []
-    if image.get("kind", "vit") != "vit":
+    vit = image.get("kind", "vit") == "vit"
+    if not vit:
         problems.append(f"image kind={image.kind!r} (HF CLIP: a ViT)")
     if not text.get("causal", True):
         problems.append("a bidirectional text encoder (HF CLIP's is causal)")
-    if image.pool != "cls" or not image.ln_pre or image.patch_bias:
+    if vit and (image.pool != "cls" or not image.ln_pre or image.patch_bias):
         problems.append(
             f"image pool={image.pool!r}, ln_pre={image.ln_pre}, patch_bias={image.patch_bias} "
             "(HF CLIP: pool='cls', ln_pre=True, patch_bias=False)"

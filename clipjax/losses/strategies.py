@@ -36,6 +36,15 @@ MEMBER = "loss_member"
 LOSS_AXES = (GROUP, MEMBER)
 
 
+def check_group_size(group_size: int, shards: int, batch_axes: Sequence[str] = ()) -> None:
+    """Raises unless `group_size` batch shards form whole loss groups."""
+    if group_size < 1 or shards % group_size:
+        where = f" (mesh axes {tuple(batch_axes)})" if batch_axes else ""
+        raise ValueError(
+            f"loss.group_size={group_size} must divide the {shards} batch shards{where}"
+        )
+
+
 def loss_mesh(mesh: Mesh, batch_axes: str | Sequence[str] | None, group_size: int) -> Mesh:
     """`mesh` with its batch axes regrouped as `(loss_group, loss_member)`.
 
@@ -45,11 +54,7 @@ def loss_mesh(mesh: Mesh, batch_axes: str | Sequence[str] | None, group_size: in
     batch = axis_tuple(batch_axes)
     others = [a for a in mesh.axis_names if a not in batch]
     shards = math.prod(mesh.shape[a] for a in batch)
-    if group_size < 1 or shards % group_size:
-        raise ValueError(
-            f"loss.group_size={group_size} must divide the {shards} batch shards "
-            f"(mesh axes {batch})"
-        )
+    check_group_size(group_size, shards, batch)
     order = [mesh.axis_names.index(a) for a in (*batch, *others)]
     devices = np.transpose(mesh.devices, order).reshape(
         shards // group_size, group_size, *(mesh.shape[a] for a in others)

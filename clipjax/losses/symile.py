@@ -37,6 +37,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+MULTI_KINDS = ("symile", "pairwise")  # losses over 3 or more modalities
+SYMILE_NEGATIVES = ("n", "n_squared")
+
 NEGATIVES = ("n", "n_squared")
 __all__ = [
     "NEGATIVES",

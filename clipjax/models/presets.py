@@ -11,6 +11,15 @@ CLIP_SIZES = {
     "vit_l14": (768, 224, 14, 1024, 24, 16, 768, 12, 12),
 }
 CLIP_CONTEXT = 77
+# An EfficientNet reads none of these: its size comes from its coefficients, and it
+# takes any input resolution (data.image_size sets it)
+VIT_ONLY_FIELDS = (
+    *("image_size", "patch_size", "width", "depth", "heads", "mlp_ratio"),
+    *("pool", "ln_pre", "patch_bias"),
+)
+# CoCa's decoder is causal, pools at its appended CLS token and takes its depth from
+# model.coca: the two-tower text fields that say otherwise do not apply
+COCA_UNUSED_TEXT_FIELDS = ("depth", "causal", "pool", "eos_id")
 CLIP_VOCAB = 49408
 
 
@@ -96,6 +105,8 @@ def apply_align(config: ml_collections.ConfigDict, width: float, depth: float) -
     bidirectional BERT-style text encoder pooled at its first token, and softmax
     InfoNCE with label smoothing 0.1 and a learned temperature."""
     image = config.model.image
+    for field in VIT_ONLY_FIELDS:
+        del image[field]
     image.kind = "efficientnet"
     image.width_coefficient = width
     image.depth_coefficient = depth
@@ -106,6 +117,14 @@ def apply_align(config: ml_collections.ConfigDict, width: float, depth: float) -
     config.loss.kind = "softmax"
     config.loss.label_smoothing = 0.1
     config.model.temperature_init = 1.0  # ALIGN learns the temperature from 1
+
+
+def apply_coca(config: ml_collections.ConfigDict, coca: ml_collections.ConfigDict) -> None:
+    """CoCa (Yu et al. 2022): `model.coca` sizes the decoder and weighs the two losses."""
+    config.model.name = "coca"
+    for field in COCA_UNUSED_TEXT_FIELDS:
+        del config.model.text[field]
+    config.model.coca = coca
 
 
 def apply_lit(config: ml_collections.ConfigDict, checkpoint: str = "") -> None:

@@ -13,7 +13,7 @@ import jax
 import ml_collections
 
 from clipjax.checkpoint import Checkpoints
-from clipjax.config import save_config, validate
+from clipjax.config import save_config
 from clipjax.data.loader import Prefetch, batch_source
 from clipjax.data.shards import DataStats
 from clipjax.data.tokenizers import build_tokenizer
@@ -26,6 +26,7 @@ from clipjax.train.preemption import Preempted, PreemptionWatch
 from clipjax.train.program import StepProgram, build_step_program
 from clipjax.train.state import StatePlan, state_as_dict, state_from_dict
 from clipjax.train.watchdog import Watchdog
+from clipjax.validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,8 @@ def _setup(config, workdir: Path, devices, watchdog: Watchdog):
     """(run, state, start step): the program, the restored state and the data."""
     program = build_step_program(config, build_mesh(config.mesh, devices))
     plan, sharding_for = program.plan, program.sharding_for
-    tokenizer = build_tokenizer(config.tokenizer)
+    # families without a text tower (Symile) have no tokenizer
+    tokenizer = build_tokenizer(config.tokenizer) if "tokenizer" in config else None
 
     checkpoints = checkpoints_for(config, workdir)
     state, loader_state, start = initial_state(config, plan, checkpoints)

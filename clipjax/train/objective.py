@@ -17,10 +17,8 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from clipjax.losses import KINDS, LossSpec, contrastive_loss
+from clipjax.losses.symile import MULTI_KINDS, SYMILE_NEGATIVES
 from clipjax.parallel import MeshAxes
-
-MULTI_KINDS = ("symile", "pairwise")  # losses over 3+ modalities
-SYMILE_NEGATIVES = ("n", "n_squared")
 
 Objective = Callable[[dict, dict, jax.Array], tuple[jax.Array, dict]]
 
@@ -41,7 +39,7 @@ class ObjectiveSpec:
             kind=config.loss.kind,
             contrastive_weight=float(coca.get("contrastive_weight", 1.0)),
             caption_weight=float(coca.get("caption_weight", 0.0)),
-            symile_negatives=config.loss.get("symile_negatives", "n"),
+            symile_negatives=config.loss.get("symile_negatives") or "n",  # pairwise: unset
         )
 
     def check(self) -> None:

@@ -7,6 +7,18 @@ import optax
 
 OPTIMIZERS = ("adamw", "lion", "adafactor")
 SCHEDULES = ("cosine", "rsqrt", "constant_cooldown")
+# The fields each optimizer and schedule read besides name, lr, warmup_steps,
+# weight_decay and clip_norm; the config checks refuse the others.
+OPTIMIZER_FIELDS = {
+    "adamw": {"b1": float, "b2": float, "eps": float},
+    "lion": {"b1": float, "b2": float},
+    "adafactor": {"b1": float},  # its momentum; None: none (Shazeer and Stern's default)
+}
+SCHEDULE_FIELDS = {
+    "cosine": {"end_lr_factor": float},
+    "rsqrt": {},
+    "constant_cooldown": {"cooldown_steps": int, "end_lr_factor": float},
+}
 
 # Parameter names never decayed: biases, norm scales, position embeddings,
 # class tokens and the temperature (and SigLIP's bias).
@@ -76,7 +88,10 @@ def _trainable_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
         )
     elif cfg.name == "adafactor":
         core = optax.adafactor(
-            schedule, weight_decay_rate=cfg.weight_decay or None, weight_decay_mask=decay_mask
+            schedule,
+            momentum=cfg.get("b1"),
+            weight_decay_rate=cfg.weight_decay or None,
+            weight_decay_mask=decay_mask,
         )
     else:
         raise ValueError(f"optim.name={cfg.name!r} is unknown; expected one of {OPTIMIZERS}")

@@ -18,11 +18,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from clipjax.data.loader import batch_layout, to_global
+from clipjax.data.pixels import pixel_normalizer
 from clipjax.parallel import MeshAxes, axis_size, batch_sharding, rules_table
 from clipjax.train.objective import objective_from_config
 from clipjax.train.optim import build_optimizer, learning_rate_schedule
 from clipjax.train.state import StatePlan, TrainState, plan_train_state
-from clipjax.train.step import make_grad_fn, make_train_step, pixel_normalizer, split_micro
+from clipjax.train.step import make_grad_fn, make_train_step, split_micro
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def build_step_program(config, mesh: Mesh) -> StepProgram:
         batch_axes,
         config.train.accum_steps,
         frozen=frozen,
-        normalize=pixel_normalizer(config.data.mean, config.data.std),
+        normalize=_normalizer(config),
         host_entries=in_host,
     )
     batch_shardings = {
@@ -119,6 +120,13 @@ def build_step_program(config, mesh: Mesh) -> StepProgram:
         grad_fn, tx, plan.shardings, batch_shardings, schedule, config.seed, skip
     )
     return StepProgram(config, mesh, rules, plan, tx, schedule, batch_shardings, step)
+
+
+def _normalizer(config):
+    """uint8 pixels -> the model's input; None for data without images (Symile's XOR)."""
+    if "image" not in batch_layout(config):
+        return None
+    return pixel_normalizer(config.data.mean, config.data.std)
 
 
 def host_entries(config) -> dict[str, tuple[int, ...]]:

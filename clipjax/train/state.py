@@ -13,6 +13,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from clipjax.models import build_model
+from clipjax.models.spec import ModelSpec, model_spec
 from clipjax.parallel import MeshAxes, param_shardings
 
 
@@ -23,26 +24,10 @@ class TrainState:
     opt_state: optax.OptState
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the step needs to rebuild the model from its parameters."""
-
-    graphdef: nnx.GraphDef
-    logical_specs: Any  # nested dict of logical PartitionSpecs, like `params`
-
-
 def _new_params(model_cfg, seed: int) -> dict:
     with nnx.use_eager_sharding(False):  # placement comes from jit's out_shardings
         model = build_model(model_cfg, nnx.Rngs(seed))
     return nnx.to_pure_dict(nnx.split(model)[1])
-
-
-def model_spec(model_cfg) -> ModelSpec:
-    """Graph and logical axis names of the model, without allocating parameters."""
-    with nnx.use_eager_sharding(False):
-        abstract = nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    return ModelSpec(graphdef, nnx.to_pure_dict(nnx.get_partition_spec(state)))
 
 
 def state_shardings(

@@ -30,11 +30,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from clipjax.models.spec import ModelSpec
 from clipjax.models.two_tower import MAX_LOG_SCALE
 from clipjax.parallel import MeshAxes, activations_on_batch_axes, axis_size
 from clipjax.train.divergence import keep_if_finite, nonfinite_flags
 from clipjax.train.objective import Objective
-from clipjax.train.state import ModelSpec, TrainState
+from clipjax.train.state import TrainState
 
 GradFn = Callable[[dict, dict, jax.Array], tuple[jax.Array, dict, dict]]
 
@@ -163,20 +164,6 @@ def make_grad_fn(
         return loss, metrics, grads
 
     return accumulated
-
-
-def pixel_normalizer(mean: Sequence[float], std: Sequence[float]) -> Callable:
-    """uint8 pixels -> float32 `(x/255 - mean) / std`, inside the jitted step: the loader
-    ships a quarter of the bytes and the host does no float work. Floats pass through."""
-    shift = jnp.asarray(mean, jnp.float32) * 255.0
-    scale = 1.0 / (jnp.asarray(std, jnp.float32) * 255.0)
-
-    def normalize(images: jax.Array) -> jax.Array:
-        if images.dtype != jnp.uint8:
-            return images
-        return (images.astype(jnp.float32) - shift) * scale
-
-    return normalize
 
 
 def make_train_step(

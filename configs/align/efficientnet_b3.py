@@ -30,7 +30,7 @@ def get_config(arg=None):
     with config.unlocked():
         apply_align(config, width=1.2, depth=1.4)
         config.model.embed_dim = 640
-        config.model.image.image_size = config.data.image_size = 288
+        config.data.image_size = 288
         config.model.text.update(dict(width=768, depth=12, heads=12, act="gelu"))
         config.data.mean = (0.485, 0.456, 0.406)  # ImageNet statistics, as EfficientNet
         config.data.std = (0.229, 0.224, 0.225)

@@ -14,7 +14,7 @@ gives the contrastive image embedding. Loss = 1.0 x contrastive + 2.0 x captioni
 
 import ml_collections
 
-from clipjax.models.presets import clip_config, tiny_config
+from clipjax.models.presets import apply_coca, clip_config, tiny_config
 
 
 def coca_group(unimodal: int, multimodal: int, queries: int, heads: int):
@@ -36,15 +36,13 @@ def get_config(arg=None):
     if arg == "tiny":
         config = tiny_config()
         with config.unlocked():
-            config.model.name = "coca"
-            config.model.coca = coca_group(1, 1, 16, 4)
+            apply_coca(config, coca_group(1, 1, 16, 4))
         return config
     config = clip_config("vit_b16")
     with config.unlocked():
-        config.model.name = "coca"
         config.model.embed_dim = 768
         config.model.image.update(dict(image_size=288, patch_size=18, act="gelu"))
         config.data.image_size = 288
-        config.model.text.update(dict(width=768, depth=12, heads=12, act="gelu"))
-        config.model.coca = coca_group(12, 12, 256, 8)
+        config.model.text.update(dict(width=768, heads=12, act="gelu"))
+        apply_coca(config, coca_group(12, 12, 256, 8))
     return config

@@ -35,9 +35,15 @@ def get_config(arg=None):
         config.model.modalities = ml_collections.ConfigDict(
             {name: tower(bits, 128, 2) for name in ("a", "b", "c")}
         )
-        del config.model["image"], config.model["text"]
+        del config.model["image"], config.model["text"], config["tokenizer"]
+        # only the XOR task's fields and Symile's loss fields apply
+        for field in [k for k in config.data if k not in ("source", "xor_bits", "xor_noise")]:
+            del config.data[field]
+        for field in [k for k in config.loss if k != "kind"]:
+            del config.loss[field]
+        if arg != "pairwise":
+            config.loss.symile_negatives = "n"  # n: one permutation per modality | n_squared
         config.loss.kind = "pairwise" if arg == "pairwise" else "symile"
-        config.loss.symile_negatives = "n"
         config.train.batch_size = 128
         config.train.steps = 500
         config.train.log_every = 50

@@ -14,9 +14,11 @@ from PIL import Image
 
 from clipjax.data.decode import BadSample, ImageTransform, load_image
 from clipjax.evaluate.assets import WORDNET_ID, bundled_classnames, bundled_name
-from clipjax.evaluate.sources import (
+from clipjax.evaluate.fields import eval_field
+from clipjax.evaluate.sources.evalset import (
     DEFAULT_MAX_PIXELS,
     EvalSet,
+    SourceContext,
     classification_set,
     collect,
     resolve_templates,
@@ -202,3 +204,20 @@ def _tfds_classnames(
             f"{name}: label names are WordNet ids ({label_names[0]}, ...); pass classnames="
         )
     return tuple(n.replace("_", " ") for n in label_names)
+
+
+def load(name: str, entry, ctx: SourceContext, split: str) -> EvalSet:
+    """`evals.NAME` with `source="tfds"`: its `dataset_name` under its `dataset_dir`."""
+    return load_tfds(
+        eval_field(entry, "dataset_name"),
+        eval_field(entry, "dataset_dir"),
+        ctx.transform,
+        split,
+        eval_field(entry, "image_key"),
+        eval_field(entry, "label_key"),
+        eval_field(entry, "caption_key") or None,
+        ctx.templates(entry),
+        ctx.classnames(entry),
+        ctx.max_pixels,
+        eval_field(entry, "limit") or None,
+    )
