@@ -9,7 +9,8 @@ the usual MFU definition (PaLM, appendix B). Per example, forward pass:
   `4 n^2 d` for the attention scores and the weighted sum (causal attention is
   counted in full: XLA computes the whole n x n matrix);
 - image tower: patch embedding `2 P (p^2 * 3) d` over P patches, n = P (+1 with
-  a class token), then depth blocks, then the projection `2 d e`;
+  a class token), then depth blocks, then the projection `2 d e`; in training with
+  FLIP's masking only the kept patches enter the blocks;
 - text tower: the token lookup is free, n = context length, then the projection;
 - loss: the B x B similarity matrix, `2 B e` per example.
 
@@ -26,6 +27,7 @@ from pathlib import Path
 import jax
 
 from clipjax.models.layers import mlp_width as hidden_width
+from clipjax.models.vit import kept_patches
 
 
 def block_flops(tokens: int, width: int, mlp_width: int) -> int:
@@ -33,9 +35,14 @@ def block_flops(tokens: int, width: int, mlp_width: int) -> int:
     return dense + 4 * tokens * tokens * width
 
 
-def image_tower_flops(image, embed_dim: int) -> int:
+def image_tower_flops(image, embed_dim: int, train: bool = False) -> int:
+    """Forward FLOPs of a ViT tower; in training (`train`) only the patches that FLIP's
+    masking keeps (`model.image.patch_dropout`) enter the encoder."""
     patches = (image.image_size // image.patch_size) ** 2
-    tokens = patches + (image.pool == "cls")
+    encoded = patches
+    if train and image.get("patch_dropout", 0.0):
+        encoded = kept_patches(patches, image.patch_dropout)
+    tokens = encoded + (image.pool == "cls")
     mlp = hidden_width(image.width, image.mlp_ratio)
     patch_embed = 2 * patches * image.patch_size**2 * 3 * image.width
     blocks = image.depth * block_flops(tokens, image.width, mlp)
@@ -48,15 +55,16 @@ def text_tower_flops(text, embed_dim: int) -> int:
     return blocks + 2 * text.width * embed_dim
 
 
-def forward_flops_per_example(model_cfg, batch_size: int) -> int:
-    """Forward FLOPs per example of both towers and the similarity matrix."""
+def forward_flops_per_example(model_cfg, batch_size: int, train: bool = False) -> int:
+    """Forward FLOPs per example of both towers and the similarity matrix (`train`:
+    with the patch masking of training)."""
     e = model_cfg.embed_dim
-    towers = image_tower_flops(model_cfg.image, e) + text_tower_flops(model_cfg.text, e)
-    return towers + 2 * batch_size * e
+    image = image_tower_flops(model_cfg.image, e, train)
+    return image + text_tower_flops(model_cfg.text, e) + 2 * batch_size * e
 
 
 def train_flops_per_example(model_cfg, batch_size: int) -> int:
-    return 3 * forward_flops_per_example(model_cfg, batch_size)
+    return 3 * forward_flops_per_example(model_cfg, batch_size, train=True)
 
 
 # Dense peak FLOP/s per chip from the vendors' data sheets: (bf16, fp32).

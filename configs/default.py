@@ -69,6 +69,9 @@ def get_config(arg=None):
             pool="gap",
             ln_pre=False,
             patch_bias=True,
+            # FLIP (Li et al. 2023): the fraction of patch tokens each training image
+            # drops, at random (the class token stays); none at eval. 0.5 in the paper
+            patch_dropout=0.0,
         )
     )
     c.model.text = ml_collections.ConfigDict(

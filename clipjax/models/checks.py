@@ -34,7 +34,7 @@ IMAGE_FIELDS = {
     "vit": {
         **_TOWER,
         **{"kind": str, "image_size": int, "patch_size": int, "pool": str},
-        **{"ln_pre": bool, "patch_bias": bool},
+        **{"ln_pre": bool, "patch_bias": bool, "patch_dropout": float},
     },
     "efficientnet": {  # any input size: data.image_size sets it
         **{"kind": str, "act": str},
@@ -124,6 +124,8 @@ def _image(image, image_size: int | None, family: str) -> list[str]:
 
 def _vit(image) -> list[str]:
     problems = choice("model.image.pool", image.pool, POOLS)
+    if not 0 <= image.patch_dropout < 1:
+        problems.append(f"model.image.patch_dropout={image.patch_dropout} must be in [0, 1)")
     if image.width % image.heads:
         problems.append(f"model.image.width={image.width} is not divisible by heads={image.heads}")
     if image.image_size % image.patch_size:

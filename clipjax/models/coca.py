@@ -48,7 +48,7 @@ from clipjax.models.layers import (
 )
 from clipjax.models.text import embed_tokens, text_embeddings
 from clipjax.models.two_tower import l2_normalize, log_scale_param, logit_bias_param
-from clipjax.models.vit import VisionTransformer
+from clipjax.models.vit import VisionTransformer, masking_keys
 
 
 class MultimodalBlock(nnx.Module):
@@ -245,10 +245,11 @@ class CoCa(nnx.Module):
 
     # -- training --------------------------------------------------------------
 
-    def train_outputs(self, batch: dict[str, jax.Array]) -> dict:
+    def train_outputs(self, batch: dict[str, jax.Array], rng: jax.Array | None = None) -> dict:
         """Both embeddings (L2-normalised float32) and the teacher-forced caption loss
-        of `batch["text"]` given `batch["image"]` (pad targets excluded)."""
-        image_tokens = self.image.tokens(batch["image"])
+        of `batch["text"]` given `batch["image"]` (pad targets excluded); `rng` draws
+        the patch masks (FLIP) from `batch["row"]`."""
+        image_tokens = self.image.tokens(batch["image"], masking_keys(self.image, batch, rng))
         tokens = batch["text"]
         text_embedding, text_hidden = self.text(tokens)
         context = self._decoder_context(image_tokens)

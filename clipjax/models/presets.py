@@ -15,7 +15,7 @@ CLIP_CONTEXT = 77
 # takes any input resolution (data.image_size sets it)
 VIT_ONLY_FIELDS = (
     *("image_size", "patch_size", "width", "depth", "heads", "mlp_ratio"),
-    *("pool", "ln_pre", "patch_bias"),
+    *("pool", "ln_pre", "patch_bias", "patch_dropout"),
 )
 # CoCa's decoder is causal, pools at its appended CLS token and takes its depth from
 # model.coca: the two-tower text fields that say otherwise do not apply

@@ -116,8 +116,9 @@ class Symile(nnx.Module):
             raise ValueError(f"modality {name!r} is unknown; expected one of {list(self.names)}")
         return l2_normalize(self.towers[name](x))
 
-    def train_outputs(self, batch: dict[str, jax.Array]) -> dict:
-        """`{"embeddings": {name: [B, d]}}` for every modality, in `self.names` order."""
+    def train_outputs(self, batch: dict[str, jax.Array], rng: jax.Array | None = None) -> dict:
+        """`{"embeddings": {name: [B, d]}}` for every modality, in `self.names` order
+        (the MLP towers draw no randomness from `rng`)."""
         missing = [name for name in self.names if name not in batch]
         if missing:
             raise ValueError(f"batch lacks modalities {missing}; it has {sorted(batch)}")

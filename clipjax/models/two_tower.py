@@ -11,7 +11,7 @@ from flax import nnx
 from clipjax.models.convnet import EfficientNet
 from clipjax.models.layers import dtype_of, param
 from clipjax.models.text import TextTransformer
-from clipjax.models.vit import VisionTransformer
+from clipjax.models.vit import VisionTransformer, masking_keys
 
 # The log-scale is clamped to [0, ln 100] after each update (see train.step).
 MAX_LOG_SCALE = math.log(100.0)
@@ -72,11 +72,14 @@ class TwoTower(nnx.Module):
     def encode_text(self, tokens: jax.Array) -> jax.Array:
         return l2_normalize(self.text(tokens))
 
-    def train_outputs(self, batch: dict[str, jax.Array]) -> dict:
-        """What the train step needs: L2-normalised float32 embeddings by modality."""
+    def train_outputs(self, batch: dict[str, jax.Array], rng: jax.Array | None = None) -> dict:
+        """What the train step needs: L2-normalised float32 embeddings by modality; `rng`
+        draws the image tower's patch masks (FLIP), per example from `batch["row"]`."""
+        keys = masking_keys(self.image, batch, rng)
+        image = self.image(batch["image"]) if keys is None else self.image(batch["image"], keys)
         return {
             "embeddings": {
-                "image": self.encode_image(batch["image"]),
+                "image": l2_normalize(image),
                 "text": self.encode_text(batch["text"]),
             }
         }

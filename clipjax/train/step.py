@@ -37,6 +37,10 @@ from clipjax.train.divergence import keep_if_finite, nonfinite_flags
 from clipjax.train.objective import Objective
 from clipjax.train.state import TrainState
 
+# The model's randomness (patch masks) is fold_in(step rng, this); the loss (Symile's
+# negatives) draws from the step rng itself.
+MODEL_RNG_STREAM = 1
+
 GradFn = Callable[[dict, dict, jax.Array], tuple[jax.Array, dict, dict]]
 
 
@@ -88,16 +92,28 @@ def make_grad_fn(
     and in host memory (see the module docstring)."""
     host_entries = dict(host_entries or {})
 
-    def outputs(params: dict, batch: dict) -> dict:
+    def outputs(params: dict, batch: dict, rng: jax.Array) -> dict:
         if normalize is not None and "image" in batch:
             batch = {**batch, "image": normalize(batch["image"])}
         with activations_on_batch_axes(mesh, batch_axes):
-            return nnx.merge(spec.graphdef, params).train_outputs(batch)
+            model = nnx.merge(spec.graphdef, params)
+            return model.train_outputs(batch, jax.random.fold_in(rng, MODEL_RNG_STREAM))
+
+    def with_rows(batch: dict) -> dict:
+        """The batch with each example's global row: per-example randomness (patch masks)
+        then follows the example, not the mesh or the micro-batching."""
+        size = next(x.shape[0] for name, x in batch.items() if name not in host_entries)
+        rows = jax.lax.with_sharding_constraint(
+            jnp.arange(size, dtype=jnp.int32), NamedSharding(mesh, P(batch_axes))
+        )
+        return {**batch, "row": rows}
 
     def full_batch(params: dict, batch: dict, rng: jax.Array):
+        batch = with_rows(batch)
+
         def loss_fn(p):
             p = freeze(p, frozen)
-            return objective(outputs(p, batch), p, rng)
+            return objective(outputs(p, batch, rng), p, rng)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return loss, metrics, grads
@@ -123,8 +139,8 @@ def make_grad_fn(
             for name, x in micro_batch.items()
         }
 
-    def embed(params: dict, batch: dict) -> dict:
-        out = outputs(freeze(params, frozen), batch)
+    def embed(params: dict, batch: dict, rng: jax.Array) -> dict:
+        out = outputs(freeze(params, frozen), batch, rng)
         if set(out) != {"embeddings"}:
             raise ValueError(
                 f"train.accum_steps > 1 recomputes embeddings only; this model also returns "
@@ -135,10 +151,12 @@ def make_grad_fn(
     def accumulated(params: dict, batch: dict, rng: jax.Array):
         micro = {
             name: x if name in host_entries else constrain(split_micro(x, shards, accum_steps))
-            for name, x in batch.items()
+            for name, x in with_rows(batch).items()
         }
         frozen_params = jax.lax.stop_gradient(params)
-        _, stacked = jax.lax.scan(lambda c, mb: (c, embed(frozen_params, fetch(mb))), None, micro)
+        _, stacked = jax.lax.scan(
+            lambda c, mb: (c, embed(frozen_params, fetch(mb), rng)), None, micro
+        )
         embeddings = jax.tree.map(lambda x: merge_micro(x, shards), stacked)
         scalars = {k: params[k] for k in SCALARS if k in params}
 
@@ -152,7 +170,7 @@ def make_grad_fn(
         def backward(acc, xs):
             mb, cotangent = xs
             mb = fetch(mb)
-            _, vjp = jax.vjp(lambda p: embed(p, mb), params)
+            _, vjp = jax.vjp(lambda p: embed(p, mb, rng), params)
             return jax.tree.map(jnp.add, acc, vjp(cotangent)[0]), None
 
         cotangents = jax.tree.map(
