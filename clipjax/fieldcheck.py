@@ -33,7 +33,9 @@ def type_problems(group, prefix: str, types: Mapping[str, type], optional: bool 
         value = lookup(group, path)
         if optional and value is None:
             continue
-        if not type_ok(value, expected):
+        if value is None:
+            problems.append(f"{prefix}.{path} is not set: expected {expected.__name__}")
+        elif not type_ok(value, expected):
             problems.append(
                 f"{prefix}.{path}={value!r} has type {type(value).__name__}, "
                 f"expected {expected.__name__}"
@@ -67,5 +69,6 @@ def unused_fields(group, prefix: str, used: Iterable[str], because: str) -> list
     return [
         f"{names} {'is' if len(unused) == 1 else 'are'} not used {because}: remove "
         f"{'it' if len(unused) == 1 else 'them'} from the config file or set "
-        f"--config.{full[0]}={blank} (fields used: {', '.join(sorted(used))})"
+        f"--config.{full[0]}={blank}{'' if len(unused) == 1 else ' (and the others)'} "
+        f"(fields used: {', '.join(sorted(used))})"
     ]

@@ -37,7 +37,9 @@ def _type_problems(data, types: dict[str, type]) -> list[str]:
         allowed = (
             (int, float) if expected is float else (tuple, list) if expected is tuple else expected
         )
-        if isinstance(value, bool) or not isinstance(value, allowed):
+        if value is None:
+            problems.append(f"data.{name} is not set: expected {expected.__name__}")
+        elif isinstance(value, bool) or not isinstance(value, allowed):
             problems.append(
                 f"data.{name}={value!r} has type {type(value).__name__}, "
                 f"expected {expected.__name__}"
