@@ -36,7 +36,7 @@ SHIPPED = {
 }
 # Walked in the default suite; the others (each compiles a bigger program or runs
 # evals) in the slow stage
-QUICK = ("configs/default.py:tiny", "configs/clip/tiny.py", "configs/symile/xor.py:tiny")
+QUICK = ("configs/default.py:tiny", "configs/symile/xor.py:tiny")
 SPECS = [
     pytest.param(spec, marks=() if spec in QUICK else pytest.mark.slow)
     for spec in (f"{p}:{v}" if v else p for p, vs in SHIPPED.items() for v in vs)

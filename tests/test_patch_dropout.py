@@ -100,19 +100,17 @@ def grads(config, mesh_shape: dict, accum: int):
 
 
 def test_masks_follow_the_example_across_meshes_and_accumulation():
+    """8 batch shards in one pass vs 2 batch shards (x 4 tensor) in 4 micro-batches:
+    each example draws the same mask, so the loss and gradients are equal."""
     config = model_config("cls", 0.5)
     loss_1, _, grads_1 = grads(config, {"data": 8, "fsdp": 1, "tensor": 1}, 1)
-    for mesh_shape, accum in (
-        ({"data": 2, "fsdp": 1, "tensor": 4}, 1),
-        ({"data": 4, "fsdp": 2}, 4),
-    ):
-        loss_k, _, grads_k = grads(config, {"tensor": 1, **mesh_shape}, accum)
-        np.testing.assert_allclose(loss_k, loss_1, rtol=1e-6)
-        jax.tree.map(
-            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), grads_k, grads_1
-        )
+    loss_k, _, grads_k = grads(config, {"data": 2, "fsdp": 1, "tensor": 4}, 4)
+    np.testing.assert_allclose(loss_k, loss_1, rtol=1e-6)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), grads_k, grads_1
+    )
     loss_0, _, _ = grads(model_config("cls", 0.0), {"data": 8, "fsdp": 1, "tensor": 1}, 1)
-    assert abs(float(loss_0) - float(loss_1)) > 1e-4  # the masking is on in training
+    assert abs(float(loss_0) - float(loss_1)) > 1e-4  # the step does mask
 
 
 def test_coca_trains_on_the_kept_patches():
