@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from clipjax.data.decode import IMAGE_EXTENSIONS, ImageTransform
-from clipjax.evaluate.assets import WORDNET_ID, bundled_classnames, bundled_name, read_lines
+from clipjax.evaluate.assets import WORDNET_ID, bundled_classnames, bundled_name
 from clipjax.evaluate.fields import eval_field
 from clipjax.evaluate.sources.evalset import (
     CLASSNAMES_FILE,
@@ -113,8 +113,8 @@ def load(name: str, entry, ctx: SourceContext, split: str) -> EvalSet:
     root = _split_folder(name, entry, top, split)
     templates, classnames = ctx.templates(entry), ctx.classnames(entry)
     if root != top:  # the set's own files sit above its split folders
-        classnames = classnames or _set_file(top / CLASSNAMES_FILE)
-        templates = templates or _set_file(top / TEMPLATES_FILE)
+        classnames = classnames or optional_lines(top / CLASSNAMES_FILE)
+        templates = templates or optional_lines(top / TEMPLATES_FILE)
     bundled = eval_field(entry, "dataset_name") or name
     return load_image_folder(
         root, bundled, ctx.transform, templates, ctx.max_pixels, classnames=classnames
@@ -134,7 +134,3 @@ def _split_folder(name: str, entry, root: Path, split: str) -> Path:
             f"{root}/{split} (a subfolder per class in each); {root} has no split folders"
         )
     return root
-
-
-def _set_file(path: Path) -> tuple[str, ...] | None:
-    return read_lines(path) if path.is_file() else None
