@@ -219,5 +219,5 @@ def test_sigkill_during_training_and_saves_resumes_to_the_same_params(tmp_path, 
 
 
 @pytest.mark.slow
-def test_sigkill_twelve_times_resumes_to_the_same_params(tmp_path, digits_cache):
-    _kill_and_resume(tmp_path, digits_cache, kills=12, steps=200)
+def test_sigkill_six_times_resumes_to_the_same_params(tmp_path, digits_cache):
+    _kill_and_resume(tmp_path, digits_cache, kills=6, steps=120)
