@@ -28,6 +28,22 @@ def get_config(arg=None):
     c.data.mean = (0.5, 0.5, 0.5)
     c.data.std = (0.5, 0.5, 0.5)
     c.data.crop_scale = (0.7, 1.0)  # random-resized-crop area range; (1.0, 1.0) disables
+    # Training augmentations after the crop, each seeded by the sample's stream position
+    # (clipjax/data/augment.py; configs/clip/vit_b16.py:improved uses them). A probability
+    # of 0 turns one off, and its parameters are then left unset.
+    c.data.augment = ml_collections.ConfigDict(
+        dict(
+            hflip_prob=0.0,
+            color_jitter_prob=0.0,
+            color_jitter=(),  # (brightness, contrast, saturation, hue), e.g. (0.4, 0.4, 0.2, 0.1)
+            grayscale_prob=0.0,
+            blur_prob=0.0,
+            blur_sigma=(),  # (lo, hi) standard deviation in pixels, e.g. (0.1, 2.0)
+            text_prob=0.0,  # EDA: chance a caption gets one of text_ops
+            text_ops=(),  # some of ("delete", "swap", "insert")
+            text_alpha=None,  # fraction of the caption's words changed, e.g. 0.1
+        )
+    )
     c.data.mode = "epoch"  # epoch: every shard once per epoch | resampled: with replacement
     c.data.shuffle_buffer = 2000
     c.data.streams = 0  # independent streams; fixed: same data on any process count; 0: 1/process

@@ -26,7 +26,7 @@ SHIPPED = {
     "configs/default.py": (None, "tiny"),
     "configs/clip/tiny.py": (None,),
     "configs/clip/vit_b32.py": (None,),
-    "configs/clip/vit_b16.py": (None,),
+    "configs/clip/vit_b16.py": (None, "improved"),
     "configs/clip/vit_l14.py": (None,),
     "configs/siglip/vit_b16.py": (None,),
     "configs/align/efficientnet_b3.py": (None, "tiny"),

@@ -3,6 +3,7 @@ shards, keys, streams and skip limits make sense (the data package's own rules).
 
 from __future__ import annotations
 
+from clipjax.data.augment import augment_problems
 from clipjax.data.decode import parse_keys
 from clipjax.data.loader import stream_range, train_sources
 from clipjax.data.shards import check_openers
@@ -69,9 +70,11 @@ def data_problems(data, batch_size: int, num_processes: int, reads_data: bool = 
     if data.get("source") not in DATA_SOURCES:
         return [f"data.source={data.get('source')!r} is not one of {DATA_SOURCES}"]
     fields = SOURCE_FIELDS[data.source]
-    problems = _type_problems(data, fields) + _unused(data, {"source", *fields})
+    used = {"source", *fields} | ({"augment"} if data.source in IMAGE_TEXT_SOURCES else set())
+    problems = _type_problems(data, fields) + _unused(data, used)
     if problems or data.source == "xor":
         return problems
+    problems += augment_problems(data.get("augment"))
     if data.source == "shards" and reads_data:
         problems += _train_shards(data)
     if data.weights and (data.source != "shards" or any(not w > 0 for w in data.weights)):

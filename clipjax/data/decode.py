@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from clipjax.data.augment import ImageAugment
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 TEXT_EXTENSIONS = ("txt",)
 ALLOWED_EXTENSIONS = frozenset((*IMAGE_EXTENSIONS, *TEXT_EXTENSIONS, "json", "cls"))
@@ -88,7 +90,8 @@ class ImageTransform:
     """PIL image -> crop (uint8 HWC) -> normalised float32.
 
     Training uses a random resized crop (area fraction in `crop_scale`, aspect
-    ratio in [3/4, 4/3]); evaluation resizes the short side and center-crops.
+    ratio in [3/4, 4/3]) and then `augment`; evaluation resizes the short side and
+    center-crops.
     """
 
     def __init__(
@@ -98,12 +101,14 @@ class ImageTransform:
         std: Sequence[float],
         train: bool,
         crop_scale: Sequence[float] = (1.0, 1.0),
+        augment: ImageAugment | None = None,
     ):
         self.size = size
         self.mean = np.asarray(mean, np.float32) * 255.0
         self.inv_std = 1.0 / (np.asarray(std, np.float32) * 255.0)
         self.train = train
         self.crop_scale = tuple(crop_scale)
+        self.augment = augment if train and augment and augment.active else None
 
     def __call__(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
         return self.normalize(self.crop(image, rng))
@@ -115,6 +120,8 @@ class ImageTransform:
             image = image.resize((self.size, self.size), Image.BICUBIC)
         else:
             image = self._resize_center_crop(image)
+        if self.augment is not None:
+            image = self.augment(image, rng)
         return np.asarray(image, np.uint8)
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import jax
 import numpy as np
 
+from clipjax.data.augment import build_augments
 from clipjax.data.decode import ImageTransform
 from clipjax.data.mixing import MixedStream
 from clipjax.data.pipeline import OrderedDecoder, PairDecoder
@@ -257,7 +258,10 @@ def train_loader(
     count = d.streams or jax.process_count()
     states = _stream_states(state, count, owned)
     sources = train_sources(d)
-    transform = ImageTransform(d.image_size, d.mean, d.std, train=True, crop_scale=d.crop_scale)
+    image_augment, text_augment = build_augments(d.augment)
+    transform = ImageTransform(
+        d.image_size, d.mean, d.std, train=True, crop_scale=d.crop_scale, augment=image_augment
+    )
     loaders = {}
     for j in owned:
         streams = [
@@ -282,6 +286,7 @@ def train_loader(
             text_key=d.text_key,
             max_pixels=d.max_pixels,
             seed=(config.seed, j, 2),
+            text_augment=text_augment,
         )
         loaders[j] = PairLoader(
             stream,

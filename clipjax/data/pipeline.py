@@ -3,8 +3,8 @@
 Decoding runs inline or in worker processes (`spawn`, so no forked JAX
 state). Work goes out in chunks and comes back in submission order, so the
 batches are the same whatever the worker count, and at most `workers * 4`
-chunks are in flight. Each sample's random crop is seeded by its position in
-the stream, never by which worker decoded it.
+chunks are in flight. Each sample's random crop and augmentations are seeded by
+its position in the stream, never by which worker decoded it.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import multiprocessing
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from clipjax.data.augment import TextAugment
 from clipjax.data.decode import BadSample, ImageTransform, read_image, read_text
 from clipjax.data.skips import Skipped
 
@@ -35,6 +36,7 @@ class PairDecoder:
     text_key: str
     max_pixels: int
     seed: tuple[int, ...]
+    text_augment: TextAugment = field(default_factory=TextAugment)
 
     def members(self) -> set[str]:
         return {*self.image_keys, self.text_key.split(".")[0], "__key__", "__url__"}
@@ -43,6 +45,8 @@ class PairDecoder:
         text = read_text(sample, self.text_key)
         image = read_image(sample, self.image_keys, self.max_pixels)
         rng = np.random.default_rng((*self.seed, index))
+        if self.text_augment.active:  # its own generator: the image draws stay as without it
+            text = self.text_augment(text, np.random.default_rng((*self.seed, index, 1)))
         return self.transform.crop(image, rng), text
 
 

@@ -119,6 +119,34 @@ def apply_align(config: ml_collections.ConfigDict, width: float, depth: float) -
     config.model.temperature_init = 1.0  # ALIGN learns the temperature from 1
 
 
+def apply_improved_baselines(config: ml_collections.ConfigDict) -> None:
+    """The augmentations and label smoothing of CLIP's improved recipe (Fini et al. 2023,
+    "Improved baselines for vision-language pre-training"), with the values of its
+    code's strong view: a crop of 8-100% of the area, flips, SimCLR's colour jitter
+    (0.4, 0.4, 0.4, 0.1) at p=0.8, grayscale p=0.2, blur p=0.5 with sigma in
+    [0.1, 2.0]; one EDA edit per caption; label smoothing 0.1.
+
+    Not reproduced: their weak-plus-two-strong views per sample (here one view), EDA's
+    synonym replacement (it needs a thesaurus; the caption's own words are inserted
+    instead, and the three edits are equally likely rather than 0.4/0.4/0.2), stopword
+    removal, and the MLP projectors."""
+    config.data.crop_scale = (0.08, 1.0)
+    config.data.augment.update(
+        dict(
+            hflip_prob=0.5,
+            color_jitter_prob=0.8,
+            color_jitter=(0.4, 0.4, 0.4, 0.1),
+            grayscale_prob=0.2,
+            blur_prob=0.5,
+            blur_sigma=(0.1, 2.0),
+            text_prob=1.0,
+            text_ops=("delete", "swap", "insert"),
+        )
+    )
+    config.data.augment.text_alpha = 0.1
+    config.loss.label_smoothing = 0.1
+
+
 def apply_coca(config: ml_collections.ConfigDict, coca: ml_collections.ConfigDict) -> None:
     """CoCa (Yu et al. 2022): `model.coca` sizes the decoder and weighs the two losses."""
     config.model.name = "coca"
