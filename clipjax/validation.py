@@ -53,7 +53,7 @@ def config_problems(
         problems += _xor_modalities(c)
     if has_text:
         problems += _text_and_tokenizer(c)
-    problems += loss_problems(c.loss, family, c.model.get("logit_bias_init"))
+    problems += loss_problems(c.loss, family, c.model.get("logit_bias_init"), c.model.get("frozen"))
     problems += trainer_problems(c, family, has_images, reads_data)
     problems += eval_problems(c.evals)
     if problems:

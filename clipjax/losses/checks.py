@@ -18,16 +18,18 @@ _PAIR_FIELDS = {
     "uniformity_weight": float,
     "cross_uniformity_weight": float,
 }
+_CWCL_FIELDS = {**_PAIR_FIELDS, "cwcl_weights_from": str}
 KIND_FIELDS = {
-    **{kind: _PAIR_FIELDS for kind in KINDS},
+    **{kind: _PAIR_FIELDS for kind in KINDS if kind != "cwcl"},
+    "cwcl": _CWCL_FIELDS,
     "symile": {"kind": str, "symile_negatives": str},
     "pairwise": {"kind": str},  # one softmax InfoNCE per pair, on the whole batch
 }
 
 
-def loss_problems(loss, family: str, logit_bias_init) -> list[str]:
+def loss_problems(loss, family: str, logit_bias_init, frozen=()) -> list[str]:
     """Every problem of the `loss` group for the model family `family` (`model.name`),
-    whose `model.logit_bias_init` is given."""
+    whose `model.logit_bias_init` and `model.frozen` towers are given."""
     kind = loss.get("kind")
     if kind not in KIND_FIELDS:
         return [f"loss.kind={kind!r} is not one of {tuple(KIND_FIELDS)}"]
@@ -53,6 +55,12 @@ def loss_problems(loss, family: str, logit_bias_init) -> list[str]:
         LossSpec.from_config(loss).check()
     except ValueError as exc:
         problems.append(str(exc))
+    if kind == "cwcl" and loss.cwcl_weights_from not in tuple(frozen or ()):
+        problems.append(
+            f"loss.cwcl_weights_from={loss.cwcl_weights_from!r} is not a frozen tower "
+            f"(model.frozen={tuple(frozen or ())}): CWCL takes its weights from a locked, "
+            "pretrained tower, as in LiT"
+        )
     if kind == "sigmoid" and logit_bias_init is None:
         problems.append("loss.kind='sigmoid' needs model.logit_bias_init (SigLIP uses -10.0)")
     return problems

@@ -7,6 +7,7 @@ step; the work runs per device under `jax.shard_map` on the loss mesh (see
            smoothed targets (1 - e on the positive, e / B spread over the batch)
   dcl      decoupled softmax: the positive is left out of the denominator
   sigmoid  SigLIP's pairwise sigmoid with a learned bias
+  cwcl     CWCL's continuous targets from a frozen tower's similarities (`cwcl.py`)
 With `grouped`, the loss is the mean over loss groups of each group's full loss.
 """
 
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from clipjax.losses.cwcl import WEIGHT_SOURCES, cwcl_local_sum
 from clipjax.losses.geometry import alignment_sum, centroid_gap, local_uniformity, uniformity
 from clipjax.losses.sigmoid import sigmoid_local_sum
 from clipjax.losses.strategies import (
@@ -37,7 +39,7 @@ from clipjax.losses.strategies import (
 )
 from clipjax.parallel import axis_size, axis_tuple
 
-KINDS = ("softmax", "dcl", "sigmoid")
+KINDS = ("softmax", "dcl", "sigmoid", "cwcl")
 __all__ = ["KINDS", "STRATEGIES", "LossSpec", "contrastive_loss"]
 
 
@@ -53,6 +55,7 @@ class LossSpec:
     uniformity_weight: float = 0.0
     cross_uniformity_weight: float = 0.0
     ring_chunk: int = 1024  # columns scored at once by the ring: memory O(b * ring_chunk)
+    cwcl_weights_from: str | None = None  # kind "cwcl": the frozen tower, "image" or "text"
 
     @classmethod
     def from_config(cls, cfg) -> LossSpec:
@@ -69,6 +72,12 @@ class LossSpec:
             raise ValueError(f"loss.ring_chunk={self.ring_chunk} must be at least 1")
         if self.label_smoothing and self.kind != "softmax":
             raise ValueError(f"loss.label_smoothing applies to kind 'softmax', not {self.kind!r}")
+        if (self.kind == "cwcl") != (self.cwcl_weights_from in WEIGHT_SOURCES):
+            raise ValueError(
+                f"loss.cwcl_weights_from={self.cwcl_weights_from!r} with loss.kind="
+                f"{self.kind!r}: kind 'cwcl' needs one of {WEIGHT_SOURCES} (the frozen tower), "
+                "other kinds leave it None"
+            )
 
 
 def contrastive_loss(
@@ -141,6 +150,9 @@ def _per_device(image, text, scale, bias, *, spec, scorer, batch, groups, with_m
     batch = float(batch)
     if spec.kind == "sigmoid":
         loss = psum_all(sigmoid_local_sum(scorer, image, text, scale, bias)) / batch
+    elif spec.kind == "cwcl":
+        local = cwcl_local_sum(scorer, image, text, scale, group_batch, spec.cwcl_weights_from)
+        loss = psum_all(local) / (2 * batch)
     else:
         local = _softmax_local_sum(spec, scorer, image, text, scale, group_batch)
         loss = psum_all(local) / (2 * batch)
