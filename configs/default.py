@@ -49,6 +49,10 @@ def get_config(arg=None):
     c.data.streams = 0  # independent streams; fixed: same data on any process count; 0: 1/process
     c.data.workers = 0  # decoding processes per process (at least 1 per stream); 0: inline
     c.data.max_pixels = 64_000_000
+    # The most samples a training shard holds (img2dataset's number_sample_per_shard; the
+    # digits: 512). Set, batches carry each example's stable number (shard x this +
+    # position), which state kept per example needs (loss.kind="isogclr").
+    c.data.samples_per_shard = None
     # stop when more than this fraction of the first sanity_samples samples (per stream)
     # cannot be used, e.g. a wrong image_key or text_key; skips are logged once per shard
     c.data.max_skipped_fraction = 0.5
@@ -108,11 +112,12 @@ def get_config(arg=None):
     )
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.kind = "softmax"  # softmax | dcl | sigmoid; 3+ modalities: symile | pairwise
+    c.loss.kind = "softmax"  # softmax | dcl | sigmoid | cwcl; 3+ modalities: symile | pairwise
     c.loss.strategy = "gather"  # gather | grouped | ring
     c.loss.group_size = 1  # batch shards per group, for strategy "grouped"
     c.loss.ring_chunk = 1024  # strategy "ring": columns scored at once, memory O(b * chunk)
     c.loss.label_smoothing = 0.0  # 0.1 for ALIGN (kind "softmax" only)
+    c.loss.cwcl_weights_from = None  # kind "cwcl": the frozen tower ("image" for LiT)
     c.loss.alignment_weight = 0.0  # contrastive-gap terms (Fahim et al.)
     c.loss.uniformity_weight = 0.0
     c.loss.cross_uniformity_weight = 0.0

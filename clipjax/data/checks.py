@@ -70,11 +70,13 @@ def data_problems(data, batch_size: int, num_processes: int, reads_data: bool = 
     if data.get("source") not in DATA_SOURCES:
         return [f"data.source={data.get('source')!r} is not one of {DATA_SOURCES}"]
     fields = SOURCE_FIELDS[data.source]
-    used = {"source", *fields} | ({"augment"} if data.source in IMAGE_TEXT_SOURCES else set())
+    optional = {"augment", "samples_per_shard"} if data.source in IMAGE_TEXT_SOURCES else set()
+    used = {"source", *fields} | optional
     problems = _type_problems(data, fields) + _unused(data, used)
     if problems or data.source == "xor":
         return problems
     problems += augment_problems(data.get("augment"))
+    problems += _samples_per_shard(data)
     if data.source == "shards" and reads_data:
         problems += _train_shards(data)
     if data.weights and (data.source != "shards" or any(not w > 0 for w in data.weights)):
@@ -91,6 +93,18 @@ def data_problems(data, batch_size: int, num_processes: int, reads_data: bool = 
     if not isinstance(batch_size, int):
         return problems  # train.batch_size's own check names it
     return problems + _streams(data, batch_size, num_processes)
+
+
+def _samples_per_shard(data) -> list[str]:
+    value = data.get("samples_per_shard")
+    if value is None:
+        return []
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return [
+            f"data.samples_per_shard={value!r}: expected a positive int, the most samples "
+            "any training shard holds (img2dataset's number_sample_per_shard)"
+        ]
+    return []
 
 
 def _train_shards(data) -> list[str]:

@@ -13,6 +13,7 @@ import numpy as np
 
 from clipjax.data.augment import build_augments
 from clipjax.data.decode import ImageTransform
+from clipjax.data.example_index import ExampleIndex
 from clipjax.data.mixing import MixedStream
 from clipjax.data.pipeline import OrderedDecoder, PairDecoder
 from clipjax.data.shards import DataStats, SampleStream
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 
 class PairLoader:
     """Yields `(batch, state)`: numpy batches `{"image": u8[b,H,W,3], "text": i32[b,L]}`
-    and the loader position just after each, from which `PairLoader(..., state=state)`
+    (and `"index": i32[b]`, each example's stable number, with `example_index`) and the
+    loader position just after each, from which `PairLoader(..., state=state)`
     continues with exactly the batches that would have come next."""
 
     def __init__(
@@ -38,8 +40,10 @@ class PairLoader:
         stats: DataStats,
         state: dict | None = None,
         skips: SkipMonitor | None = None,
+        example_index: ExampleIndex | None = None,
     ):
         self.stream = stream
+        self.example_index = example_index
         self.skips = skips or SkipMonitor(0.5, 1000, "the decoder's keys")
         self.decoder = decoder
         self.tokenizer = tokenizer
@@ -60,7 +64,7 @@ class PairLoader:
 
     def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], dict]]:
         self._start()
-        stream, snapshots = self.stream, deque()
+        stream, snapshots, example_ids = self.stream, deque(), {}
 
         def numbered() -> Iterator[tuple[int, dict]]:
             while True:
@@ -71,11 +75,14 @@ class PairLoader:
                 if sample is None:
                     return
                 self.skips.saw(sample)
+                if self.example_index is not None:
+                    example_ids[index] = self.example_index(sample)
                 yield index, sample
 
-        images, texts = [], []
+        images, texts, ids = [], [], []
         try:
             for index, result in self.ordered(numbered()):
+                example_id = example_ids.pop(index, None)
                 if isinstance(result, Skipped):
                     self.stats.count("skipped_samples")
                     self.skips.skip(result)
@@ -83,13 +90,16 @@ class PairLoader:
                 self.skips.decoded()
                 images.append(result[0])
                 texts.append(result[1])
+                ids.append(example_id)
                 if len(images) == self.batch_size:
                     batch = {
                         "image": np.stack(images),  # uint8; the train step normalises on device
                         "text": self.tokenizer(texts),
                     }
+                    if self.example_index is not None:
+                        batch["index"] = np.asarray(ids, np.int32)
                     yield batch, self._state_after(index + 1, snapshots)
-                    images, texts = [], []
+                    images, texts, ids = [], [], []
         finally:
             self.skips.flush()
 
@@ -259,6 +269,9 @@ def train_loader(
     states = _stream_states(state, count, owned)
     sources = train_sources(d)
     image_augment, text_augment = build_augments(d.augment)
+    example_index = None
+    if d.get("samples_per_shard"):
+        example_index = ExampleIndex(d.samples_per_shard, [len(urls) for urls in sources])
     transform = ImageTransform(
         d.image_size, d.mean, d.std, train=True, crop_scale=d.crop_scale, augment=image_augment
     )
@@ -301,6 +314,7 @@ def train_loader(
                 d.sanity_samples,
                 f"data.image_key={d.image_key!r}, data.text_key={d.text_key!r}",
             ),
+            example_index=example_index,
         )
     return StreamGroup(loaders, count)
 
@@ -311,10 +325,13 @@ def batch_layout(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     d = config.data
     if d.source == "xor":
         return {name: ((d.xor_bits,), np.dtype(np.float32)) for name in config.model.modalities}
-    return {
+    layout = {
         "image": ((d.image_size, d.image_size, 3), np.dtype(np.uint8)),
         "text": ((config.tokenizer.context_length,), np.dtype(np.int32)),
     }
+    if d.get("samples_per_shard"):
+        layout["index"] = ((), np.dtype(np.int32))  # each example's stable number
+    return layout
 
 
 def batch_source(config, tokenizer, stats: DataStats, state: dict | None):

@@ -13,6 +13,8 @@ import numpy as np
 
 from clipjax.data.shards import CounterDraws, SampleStream
 
+SOURCE = "__source__"  # which source an emitted sample came from
+
 
 class MixedStream:
     """`next()` takes the next sample of source j with probability `weights[j] / sum`."""
@@ -42,9 +44,10 @@ class MixedStream:
         return self
 
     def __next__(self) -> dict:
-        sample = next(self.sources[self._source()])  # a finished source ends the mix
+        source = self._source()
+        sample = next(self.sources[source])  # a finished source ends the mix
         self.emitted += 1
-        return sample
+        return {**sample, SOURCE: source}
 
     def state(self) -> dict:
         return {

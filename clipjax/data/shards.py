@@ -166,6 +166,9 @@ def urls_fingerprint(urls: list[str]) -> str:
     return hashlib.sha256("\n".join(urls).encode()).hexdigest()[:16]
 
 
+SHARD, OFFSET = "__shard__", "__offset__"  # an emitted sample's origin (ints)
+
+
 class SampleStream:
     """An iterator of raw samples (dicts of member bytes) with `state()`/`restore()`.
 
@@ -226,15 +229,21 @@ class SampleStream:
 
     def shard_url(self, k: int) -> str | None:
         """URL of the k-th shard this process reads; None when a `once` stream is done."""
+        number = self.shard_number(k)
+        return None if number is None else self.urls[number]
+
+    def shard_number(self, k: int) -> int | None:
+        """Which of `urls` the k-th shard this process reads is."""
         if self.mode == "resampled":
             rng = np.random.default_rng((self.seed, self.process_index, k, 3))
-            return self.urls[int(rng.integers(len(self.urls)))]
+            return int(rng.integers(len(self.urls)))
         epoch, position = divmod(k, self._per_epoch)
         if self.mode == "once" and epoch > 0:
             return None
-        if epoch not in self._orders:
-            self._orders = {epoch: self._order(epoch)}
-        return self.urls[self._orders[epoch][position]]
+        if epoch not in self._orders:  # the buffer can hold the previous epoch's samples
+            self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1}
+            self._orders[epoch] = self._order(epoch)
+        return self._orders[epoch][position]
 
     # -- reading ----------------------------------------------------------
 
@@ -282,11 +291,12 @@ class SampleStream:
         if not self.buffer:
             raise StopIteration
         slot = self._slot()
-        _, sample = self.buffer[slot]
+        (k, offset), sample = self.buffer[slot]
         self.buffer[slot] = self.buffer[-1]
         self.buffer.pop()
         self.emitted += 1
-        return sample
+        # where it came from: which of `urls`, and its position in that shard
+        return {**sample, SHARD: self.shard_number(k), OFFSET: offset}
 
     # -- state ------------------------------------------------------------
 
