@@ -55,6 +55,7 @@ def config_problems(
         problems += _text_and_tokenizer(c)
     problems += loss_problems(c.loss, family, c.model.get("logit_bias_init"), c.model.get("frozen"))
     problems += trainer_problems(c, family, has_images, reads_data)
+    problems += _per_example_state(c, has_images)
     problems += eval_problems(c.evals)
     if problems:
         return problems  # the mesh check divides by these sizes
@@ -113,6 +114,21 @@ def validate(
     problems = config_problems(config, num_devices, num_processes, reads_data)
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def _per_example_state(c, has_images: bool) -> list[str]:
+    """iSogCLR keeps state per example: it needs their numbers and one pass per batch."""
+    if c.loss.get("kind") != "isogclr":
+        return []
+    problems = []
+    if not has_images or not c.data.get("samples_per_shard"):
+        problems.append(
+            "loss.kind='isogclr' keeps state per training example and needs their numbers: "
+            "set data.samples_per_shard (the most samples a shard holds) on image-text data"
+        )
+    if c.train.get("accum_steps", 1) != 1:
+        problems.append(f"loss.kind='isogclr' needs train.accum_steps=1, got {c.train.accum_steps}")
+    return problems
 
 
 def eval_config_problems(c: ml_collections.ConfigDict, num_devices: int) -> list[str]:

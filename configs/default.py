@@ -112,12 +112,14 @@ def get_config(arg=None):
     )
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.kind = "softmax"  # softmax | dcl | sigmoid | cwcl; 3+ modalities: symile | pairwise
+    # softmax | dcl | sigmoid | cwcl | isogclr; 3+ modalities: symile | pairwise
+    c.loss.kind = "softmax"
     c.loss.strategy = "gather"  # gather | grouped | ring
     c.loss.group_size = 1  # batch shards per group, for strategy "grouped"
     c.loss.ring_chunk = 1024  # strategy "ring": columns scored at once, memory O(b * chunk)
     c.loss.label_smoothing = 0.0  # 0.1 for ALIGN (kind "softmax" only)
     c.loss.cwcl_weights_from = None  # kind "cwcl": the frozen tower ("image" for LiT)
+    c.loss.isogclr = None  # kind "isogclr": its group (presets.apply_isogclr)
     c.loss.alignment_weight = 0.0  # contrastive-gap terms (Fahim et al.)
     c.loss.uniformity_weight = 0.0
     c.loss.cross_uniformity_weight = 0.0

@@ -28,6 +28,7 @@ SHIPPED = {
     "configs/clip/vit_b32.py": (None,),
     "configs/clip/vit_b16.py": (None, "improved"),
     "configs/clip/vit_l14.py": (None,),
+    "configs/clip/isogclr.py": (None, "tiny"),
     "configs/siglip/vit_b16.py": (None,),
     "configs/align/efficientnet_b3.py": (None, "tiny"),
     "configs/coca/base.py": (None, "tiny"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from clipjax.fieldcheck import type_problems, unused_fields
 from clipjax.losses.contrastive import KINDS, LossSpec
+from clipjax.losses.isogclr import ISOGCLR_PARAMETERS, ISogCLRSpec
 from clipjax.losses.strategies import check_group_size
 from clipjax.losses.symile import MULTI_KINDS, SYMILE_NEGATIVES
 
@@ -19,9 +20,17 @@ _PAIR_FIELDS = {
     "cross_uniformity_weight": float,
 }
 _CWCL_FIELDS = {**_PAIR_FIELDS, "cwcl_weights_from": str}
+_ISOGCLR_FIELDS = {
+    "kind": str,
+    "strategy": str,
+    "group_size": int,
+    "ring_chunk": int,
+    **{f"isogclr.{name}": float for name in ISOGCLR_PARAMETERS},
+}
 KIND_FIELDS = {
     **{kind: _PAIR_FIELDS for kind in KINDS if kind != "cwcl"},
     "cwcl": _CWCL_FIELDS,
+    "isogclr": _ISOGCLR_FIELDS,
     "symile": {"kind": str, "symile_negatives": str},
     "pairwise": {"kind": str},  # one softmax InfoNCE per pair, on the whole batch
 }
@@ -34,7 +43,10 @@ def loss_problems(loss, family: str, logit_bias_init, frozen=()) -> list[str]:
     if kind not in KIND_FIELDS:
         return [f"loss.kind={kind!r} is not one of {tuple(KIND_FIELDS)}"]
     fields = KIND_FIELDS[kind]
-    problems = unused_fields(loss, "loss", fields, f"by loss.kind={kind!r}")
+    used = {name.split(".")[0] for name in fields}
+    problems = unused_fields(loss, "loss", used, f"by loss.kind={kind!r}")
+    if kind == "isogclr":
+        return problems or _isogclr_problems(loss, family)
     problems += type_problems(loss, "loss", fields)
     if problems:
         return problems
@@ -64,6 +76,22 @@ def loss_problems(loss, family: str, logit_bias_init, frozen=()) -> list[str]:
     if kind == "sigmoid" and logit_bias_init is None:
         problems.append("loss.kind='sigmoid' needs model.logit_bias_init (SigLIP uses -10.0)")
     return problems
+
+
+def _isogclr_problems(loss, family: str) -> list[str]:
+    group = loss.get("isogclr")
+    if group is None or not hasattr(group, "keys"):
+        return [
+            f"loss.isogclr={group!r}: loss.kind='isogclr' needs its group of "
+            f"{', '.join(ISOGCLR_PARAMETERS)} (clipjax.models.presets.apply_isogclr sets it)"
+        ]
+    problems = unused_fields(group, "loss.isogclr", ISOGCLR_PARAMETERS, "by iSogCLR")
+    problems += type_problems(loss, "loss", _ISOGCLR_FIELDS)
+    if family != "clip":
+        problems.append(
+            f"loss.kind='isogclr' is for two-tower models (model.name='clip'), not {family!r}"
+        )
+    return problems or ISogCLRSpec.from_config(loss).problems()
 
 
 def loss_split_problems(loss, batch_shards: int) -> list[str]:

@@ -155,6 +155,24 @@ def apply_coca(config: ml_collections.ConfigDict, coca: ml_collections.ConfigDic
     config.model.coca = coca
 
 
+def apply_isogclr(config: ml_collections.ConfigDict, samples_per_shard: int) -> None:
+    """iSogCLR (Qiu et al. 2023): a learned temperature per example and direction, with
+    the authors' CC3M values (`clipjax.losses.isogclr`). Batches carry each example's
+    number, for which `samples_per_shard` is the most samples a training shard holds."""
+    from clipjax.losses.isogclr import ISOGCLR_PARAMETERS, ISogCLRSpec
+
+    unread = ("label_smoothing", "cwcl_weights_from")
+    for field in (*unread, "alignment_weight", "uniformity_weight", "cross_uniformity_weight"):
+        if field in config.loss:
+            del config.loss[field]
+    defaults = ISogCLRSpec()
+    config.loss.kind = "isogclr"
+    config.loss.isogclr = ml_collections.ConfigDict(
+        {name: float(getattr(defaults, name)) for name in ISOGCLR_PARAMETERS}
+    )
+    config.data.samples_per_shard = samples_per_shard
+
+
 def apply_lit(config: ml_collections.ConfigDict, checkpoint: str = "") -> None:
     """LiT (Zhai et al. 2022): the image tower is loaded from `checkpoint` (or the
     `init_from` given on the command line) and locked; only the text tower and the

@@ -5,6 +5,7 @@ Every model family returns `{"embeddings": {modality: [B, d]}, ...}` (and CoCa a
 (`loss.kind` softmax / dcl / sigmoid with its strategy); three or more take
 Symile's loss (`loss.kind="symile"`) or the pairwise-CLIP baseline
 (`loss.kind="pairwise"`). CoCa adds `caption_weight x` its captioning loss.
+iSogCLR (`loss.kind="isogclr"`) also reads and updates the batch's per-example state.
 """
 
 from __future__ import annotations
@@ -17,10 +18,15 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from clipjax.losses import KINDS, LossSpec, contrastive_loss
+from clipjax.losses.isogclr import ISogCLRSpec, isogclr_loss
 from clipjax.losses.symile import MULTI_KINDS, SYMILE_NEGATIVES
 from clipjax.parallel import MeshAxes
 
-Objective = Callable[[dict, dict, jax.Array], tuple[jax.Array, dict]]
+Objective = Callable[..., tuple[jax.Array, dict]]
+# The metrics entry under which an objective with per-example state returns the batch's
+# new rows; the step writes them back and never logs them.
+EXAMPLE_UPDATES = "example_updates"
+PER_EXAMPLE_KINDS = ("isogclr",)
 
 
 @dataclass(frozen=True)
@@ -43,8 +49,9 @@ class ObjectiveSpec:
         )
 
     def check(self) -> None:
-        if self.kind not in KINDS + MULTI_KINDS:
-            raise ValueError(f"loss.kind={self.kind!r} is not one of {KINDS + MULTI_KINDS}")
+        kinds = KINDS + MULTI_KINDS + PER_EXAMPLE_KINDS
+        if self.kind not in kinds:
+            raise ValueError(f"loss.kind={self.kind!r} is not one of {kinds}")
         if self.symile_negatives not in SYMILE_NEGATIVES:
             raise ValueError(
                 f"loss.symile_negatives={self.symile_negatives!r} is not one of {SYMILE_NEGATIVES}"
@@ -54,8 +61,26 @@ class ObjectiveSpec:
 def objective_from_config(config, mesh: Mesh, batch_axes: MeshAxes) -> Objective:
     """The objective the config's `loss` and `model` groups describe."""
     spec = ObjectiveSpec.from_config(config)
+    if spec.kind == "isogclr":
+        return isogclr_objective(ISogCLRSpec.from_config(config.loss), mesh, batch_axes)
     loss_spec = LossSpec() if spec.kind in MULTI_KINDS else LossSpec.from_config(config.loss)
     return make_objective(spec, loss_spec, mesh, batch_axes)
+
+
+def isogclr_objective(spec: ISogCLRSpec, mesh: Mesh, batch_axes: MeshAxes) -> Objective:
+    """iSogCLR on a two-tower model's embeddings and the batch's per-example state."""
+
+    def objective(outputs: dict, params: dict, rng: jax.Array, examples: dict | None = None):
+        if examples is None:
+            raise ValueError("loss.kind='isogclr' needs the batch's per-example state")
+        embeddings = outputs["embeddings"]
+        loss, metrics, updates = isogclr_loss(
+            embeddings["image"], embeddings["text"], examples,
+            mesh=mesh, batch_axes=batch_axes, spec=spec,
+        )  # fmt: skip
+        return loss, {**metrics, EXAMPLE_UPDATES: updates}
+
+    return objective
 
 
 def make_objective(
@@ -85,7 +110,7 @@ def make_objective(
             spec=loss_spec,
         )
 
-    def objective(outputs: dict, params: dict, rng: jax.Array):
+    def objective(outputs: dict, params: dict, rng: jax.Array, examples: dict | None = None):
         loss, metrics = contrastive(outputs["embeddings"], params, rng)
         if "caption_loss" not in outputs:
             return loss, metrics

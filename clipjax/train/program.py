@@ -19,7 +19,9 @@ from jax.sharding import PartitionSpec as P
 
 from clipjax.data.loader import batch_layout, to_global
 from clipjax.data.pixels import pixel_normalizer
+from clipjax.losses.isogclr import ISogCLRSpec
 from clipjax.parallel import MeshAxes, axis_size, batch_sharding, rules_table
+from clipjax.train.example_state import ExampleTable
 from clipjax.train.objective import objective_from_config
 from clipjax.train.optim import build_optimizer, learning_rate_schedule
 from clipjax.train.state import StatePlan, TrainState, plan_train_state
@@ -99,7 +101,8 @@ def build_step_program(config, mesh: Mesh) -> StepProgram:
     frozen = tuple(config.model.get("frozen", ()))
     schedule = learning_rate_schedule(config.optim, config.train.steps)
     tx = build_optimizer(config.optim, config.train.steps, frozen)
-    plan = plan_train_state(config.model, config.seed, tx, mesh, rules)
+    table = example_table(config, mesh, batch_axes)
+    plan = plan_train_state(config.model, config.seed, tx, mesh, rules, table)
     in_host = host_entries(config)
     grad_fn = make_grad_fn(
         plan.spec,
@@ -117,9 +120,23 @@ def build_step_program(config, mesh: Mesh) -> StepProgram:
     }
     skip = config.train.on_nonfinite == "skip"
     step = make_train_step(
-        grad_fn, tx, plan.shardings, batch_shardings, schedule, config.seed, skip
+        grad_fn, tx, plan.shardings, batch_shardings, schedule, config.seed, skip, table
     )
     return StepProgram(config, mesh, rules, plan, tx, schedule, batch_shardings, step)
+
+
+def example_table(config, mesh: Mesh, batch_axes: MeshAxes) -> ExampleTable | None:
+    """The per-example state iSogCLR keeps: one row per example number of the
+    training shards (`data.samples_per_shard` slots per shard)."""
+    if config.loss.kind != "isogclr":
+        return None
+    from clipjax.data.example_index import ExampleIndex
+    from clipjax.data.loader import train_sources
+
+    shards = [len(urls) for urls in train_sources(config.data)]
+    examples = ExampleIndex(config.data.samples_per_shard, shards).size
+    initial = ISogCLRSpec.from_config(config.loss).initial_values()
+    return ExampleTable.create(examples, initial, mesh, batch_axes)
 
 
 def _normalizer(config):

@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 from clipjax.models import build_model
 from clipjax.models.spec import ModelSpec, model_spec
 from clipjax.parallel import MeshAxes, param_shardings
+from clipjax.train.example_state import ExampleTable
 
 
 @struct.dataclass
@@ -22,6 +23,7 @@ class TrainState:
     step: jax.Array
     params: Any  # nested dict of arrays (nnx.to_pure_dict of the model's Params)
     opt_state: optax.OptState
+    examples: Any = None  # per-example state, `{field: [N]}` (train.example_state), or None
 
 
 def _new_params(model_cfg, seed: int) -> dict:
@@ -35,13 +37,16 @@ def state_shardings(
     abstract: TrainState,
     mesh: Mesh,
     rules: dict[str, MeshAxes],
+    table: ExampleTable | None = None,
 ) -> TrainState:
     """Shardings of every leaf: parameters by the rules, optimizer moments like
-    their parameter, everything else (counts, factored statistics) replicated."""
+    their parameter, per-example state like a batch, everything else (counts,
+    factored statistics) replicated."""
     replicated = NamedSharding(mesh, P())
     params = param_shardings(spec.logical_specs, abstract.params, mesh, rules)
     opt_state = _like_params(abstract.opt_state, params, abstract.params, replicated)
-    return TrainState(step=replicated, params=params, opt_state=opt_state)
+    examples = None if table is None else {name: table.sharding for name in table.initial}
+    return TrainState(step=replicated, params=params, opt_state=opt_state, examples=examples)
 
 
 def _path_key(path) -> tuple[str, ...]:
@@ -86,16 +91,23 @@ def plan_train_state(
     tx: optax.GradientTransformation,
     mesh: Mesh,
     rules: dict[str, MeshAxes],
+    table: ExampleTable | None = None,
 ) -> StatePlan:
-    """Shapes and shardings of the state, and its initialiser; nothing allocated."""
+    """Shapes and shardings of the state (with `table`'s per-example state), and its
+    initialiser; nothing allocated."""
     spec = model_spec(model_cfg)
 
     def init() -> TrainState:
         params = _new_params(model_cfg, seed)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            examples=None if table is None else table.init(),
+        )
 
     abstract = jax.eval_shape(init)
-    shardings = state_shardings(spec, abstract, mesh, rules)
+    shardings = state_shardings(spec, abstract, mesh, rules, table)
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
@@ -116,8 +128,16 @@ def create_train_state(
 
 def state_as_dict(state: TrainState) -> dict:
     """The checkpointed form: plain dict keys, whatever TrainState becomes later."""
-    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    saved = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    if state.examples is not None:
+        saved["examples"] = state.examples
+    return saved
 
 
 def state_from_dict(saved: dict) -> TrainState:
-    return TrainState(step=saved["step"], params=saved["params"], opt_state=saved["opt_state"])
+    return TrainState(
+        step=saved["step"],
+        params=saved["params"],
+        opt_state=saved["opt_state"],
+        examples=saved.get("examples"),
+    )

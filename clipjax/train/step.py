@@ -34,14 +34,15 @@ from clipjax.models.spec import ModelSpec
 from clipjax.models.two_tower import MAX_LOG_SCALE
 from clipjax.parallel import MeshAxes, activations_on_batch_axes, axis_size
 from clipjax.train.divergence import keep_if_finite, nonfinite_flags
-from clipjax.train.objective import Objective
+from clipjax.train.example_state import ExampleTable
+from clipjax.train.objective import EXAMPLE_UPDATES, Objective
 from clipjax.train.state import TrainState
 
 # The model's randomness (patch masks) is fold_in(step rng, this); the loss (Symile's
 # negatives) draws from the step rng itself.
 MODEL_RNG_STREAM = 1
 
-GradFn = Callable[[dict, dict, jax.Array], tuple[jax.Array, dict, dict]]
+GradFn = Callable[..., tuple[jax.Array, dict, dict]]
 
 
 def clamp_log_scale(params: dict) -> dict:
@@ -85,8 +86,9 @@ def make_grad_fn(
     normalize: Callable[[jax.Array], jax.Array] | None = None,
     host_entries: Mapping[str, tuple[int, ...]] | None = None,
 ) -> GradFn:
-    """`grad_fn(params, batch, rng) -> (loss, metrics, grads)`; `objective` scores the
-    model's `train_outputs` (see train.objective); `normalize` turns the batch's uint8
+    """`grad_fn(params, batch, rng, examples=None) -> (loss, metrics, grads)`; `objective`
+    scores the model's `train_outputs` (see train.objective), with the batch's
+    per-example state `examples` when it keeps one; `normalize` turns the batch's uint8
     images into floats (`pixel_normalizer`), per micro-batch when accumulating;
     `host_entries` (name: uint8 example shape) arrive split, packed into uint32 words
     and in host memory (see the module docstring)."""
@@ -108,12 +110,12 @@ def make_grad_fn(
         )
         return {**batch, "row": rows}
 
-    def full_batch(params: dict, batch: dict, rng: jax.Array):
+    def full_batch(params: dict, batch: dict, rng: jax.Array, examples: dict | None = None):
         batch = with_rows(batch)
 
         def loss_fn(p):
             p = freeze(p, frozen)
-            return objective(outputs(p, batch, rng), p, rng)
+            return objective(outputs(p, batch, rng), p, rng, examples)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return loss, metrics, grads
@@ -148,7 +150,9 @@ def make_grad_fn(
             )
         return out["embeddings"]
 
-    def accumulated(params: dict, batch: dict, rng: jax.Array):
+    def accumulated(params: dict, batch: dict, rng: jax.Array, examples: dict | None = None):
+        if examples is not None:
+            raise ValueError("per-example state (loss.kind='isogclr') needs train.accum_steps=1")
         micro = {
             name: x if name in host_entries else constrain(split_micro(x, shards, accum_steps))
             for name, x in with_rows(batch).items()
@@ -192,24 +196,31 @@ def make_train_step(
     schedule: optax.Schedule,
     seed: int = 0,
     skip_nonfinite: bool = False,
+    table: ExampleTable | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings and
     the incoming state donated; the loss's randomness is `fold_in(key(seed), step)`,
     the same on any mesh. `metrics["nonfinite"]` flags a non-finite loss, gradient or
     new parameter (`train.divergence`); with `skip_nonfinite` such a step leaves the
-    parameters and optimizer state unchanged."""
+    parameters, optimizer state and per-example state unchanged. With a `table`, the
+    objective reads the batch's rows of `state.examples` (by `batch["index"]`) and
+    returns their new values under `EXAMPLE_UPDATES`, which are written back."""
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
-        loss, metrics, grads = grad_fn(state.params, batch, rng)
+        rows = None if table is None else table.lookup(state.examples, batch["index"])
+        loss, metrics, grads = grad_fn(state.params, batch, rng, rows)
+        examples = state.examples
+        if table is not None:
+            metrics = dict(metrics)
+            examples = table.store(examples, batch["index"], metrics.pop(EXAMPLE_UPDATES))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = clamp_log_scale(optax.apply_updates(state.params, updates))
         grad_norm = optax.tree.norm(grads)
         flags = nonfinite_flags(loss, grad_norm, params)
         if skip_nonfinite:
-            params, opt_state = keep_if_finite(
-                flags, (params, opt_state), (state.params, state.opt_state)
-            )
+            old = (state.params, state.opt_state, state.examples)
+            params, opt_state, examples = keep_if_finite(flags, (params, opt_state, examples), old)
         metrics = {
             **metrics,
             "nonfinite": flags,
@@ -217,7 +228,8 @@ def make_train_step(
             "grad_norm": grad_norm,
             "learning_rate": schedule(state.step),
         }
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, examples=examples)
+        return new, metrics
 
     return jax.jit(
         step,
