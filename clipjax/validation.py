@@ -65,7 +65,7 @@ def config_problems(
     )
     problems += split
     if shards is not None:
-        problems += loss_split_problems(c.loss, shards)
+        problems += loss_split_problems(c.loss, shards, c.train.batch_size)
         local = c.train.batch_size // shards
         if local % c.train.accum_steps:
             problems.append(

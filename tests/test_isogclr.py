@@ -180,6 +180,7 @@ def test_the_per_example_state_restores_onto_other_meshes(tiny_config, tmp_path)
         ({"loss.isogclr.tau_min": 0.5}, r"0 < tau_min=0.5 <= tau_init=0.01"),
         ({"loss.isogclr.beta": 0.5}, r"loss.isogclr.beta is not used by iSogCLR"),
         ({"loss.isogclr": None}, "loss.kind='isogclr' needs its group"),
+        ({"loss.isogclr.rho": 3.5}, r"rho=3.5 is not below ln\(B - 1\) = 3.434 for the 32"),
     ],
 )
 def test_bad_isogclr_settings_are_refused(change, message):

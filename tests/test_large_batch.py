@@ -23,6 +23,7 @@ TWO_TOWER = {
     "align": "configs/align/efficientnet_b3.py:tiny",
     "lit": "configs/lit/vit_b16.py:tiny",
     "coca": "configs/coca/base.py:tiny",
+    "isogclr": "configs/clip/isogclr.py:tiny",
 }
 STRATEGIES = ("gather", "grouped", "ring")
 CASES = [
@@ -37,6 +38,9 @@ CASES = [
      ["loss.strategy='ring'", "train.accum_steps=32"]),
     ("siglip grouped, 8 accumulation steps", "siglip",
      ["loss.strategy='grouped'", "loss.group_size=2", "train.accum_steps=8"]),
+    *((f"lit cwcl {s}", "lit", ["loss.kind='cwcl'", "loss.cwcl_weights_from='image'",
+                                f"loss.strategy={s!r}"]) for s in ("gather", "ring")),
+    *((f"isogclr {s}", "isogclr", [f"loss.strategy={s!r}"]) for s in ("gather", "ring")),
     ("symile", "symile", []),
     ("symile pairwise", "symile", ["loss.kind='pairwise'", "loss.symile_negatives=''"]),
 ]  # fmt: skip

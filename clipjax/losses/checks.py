@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from clipjax.fieldcheck import type_problems, unused_fields
 from clipjax.losses.contrastive import KINDS, LossSpec
-from clipjax.losses.isogclr import ISOGCLR_PARAMETERS, ISogCLRSpec
+from clipjax.losses.isogclr import ISOGCLR_PARAMETERS, ISogCLRSpec, rho_problems
 from clipjax.losses.strategies import check_group_size
 from clipjax.losses.symile import MULTI_KINDS, SYMILE_NEGATIVES
 
@@ -94,12 +94,16 @@ def _isogclr_problems(loss, family: str) -> list[str]:
     return problems or ISogCLRSpec.from_config(loss).problems()
 
 
-def loss_split_problems(loss, batch_shards: int) -> list[str]:
-    """Whether the strategy's loss groups split `batch_shards` evenly."""
-    if loss.get("strategy") != "grouped":
+def loss_split_problems(loss, batch_shards: int, batch_size: int) -> list[str]:
+    """Whether the strategy's loss groups split `batch_shards` evenly, and iSogCLR's rho
+    fits the number of examples each row is contrasted with."""
+    grouped = loss.get("strategy") == "grouped"
+    if grouped:
+        try:
+            check_group_size(loss.group_size, batch_shards)
+        except ValueError as exc:
+            return [str(exc)]
+    if loss.get("kind") != "isogclr":
         return []
-    try:
-        check_group_size(loss.group_size, batch_shards)
-    except ValueError as exc:
-        return [str(exc)]
-    return []
+    contrast = batch_size // batch_shards * loss.group_size if grouped else batch_size
+    return rho_problems(loss.isogclr.rho, contrast)

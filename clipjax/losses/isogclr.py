@@ -19,9 +19,12 @@ keeps a moving average u_i and the step uses it:
     tau_i <- clip(tau_i - eta m_i, tau_min, tau_max)
 
 with p_i the softmax of h_ij / tau_i over j != i; the model step uses the old tau.
-Defaults are the authors' code's for CC3M (rho 6, gamma 0.8, tau_init 0.01, eta 0.03,
-beta 0.9, c 5, tau in [0.005, 1]). There the positive stays in g's sum; here it is left
-out, as the paper writes g over the negatives.
+Defaults are the authors' code's for CC3M (rho 6 at a batch of 512, gamma 0.8,
+tau_init 0.01, eta 0.03, beta 0.9, c 5, tau in [0.005, 1]). rho is the radius of a KL
+ball around the uniform distribution over a row's B - 1 negatives (the temperature
+settles where KL(p_i || uniform) = rho), so it must stay below ln(B - 1); at another
+batch, `rho_for_batch` keeps the authors' margin. Their code keeps the positive in g's
+sum; here it is left out, as the paper writes g over the negatives.
 
 Everything is in log space: u_i is kept as log u_i, and tau_i / (eps + u_i) grad g_i
 is the gradient of tau_i exp(log g_i - log(eps + u_i)), whose exponent is at most
@@ -63,6 +66,27 @@ ISOGCLR_PARAMETERS = (
     *("rho", "gamma", "eps", "tau_init", "tau_lr", "tau_momentum"),
     *("tau_min", "tau_max", "tau_grad_clip"),
 )
+
+
+AUTHORS_BATCH, AUTHORS_RHO = 512, 6.0
+
+
+def rho_for_batch(batch: int) -> float:
+    """The authors' rho moved to another contrast batch: the same margin below ln(B - 1),
+    the largest KL divergence from uniform over B - 1 negatives."""
+    return round(AUTHORS_RHO - math.log((AUTHORS_BATCH - 1) / (batch - 1)), 4)
+
+
+def rho_problems(rho: float, contrast_batch: int) -> list[str]:
+    """At rho >= ln(B - 1) every temperature's gradient is positive: all fall to tau_min."""
+    if rho < math.log(contrast_batch - 1):
+        return []
+    return [
+        f"loss.isogclr.rho={rho} is not below ln(B - 1) = {math.log(contrast_batch - 1):.3f} "
+        f"for the {contrast_batch} examples each row is contrasted with: every temperature "
+        f"would fall to tau_min; rho_for_batch({contrast_batch}) = "
+        f"{rho_for_batch(contrast_batch)} keeps the authors' margin"
+    ]
 
 
 @dataclass(frozen=True)

@@ -158,8 +158,13 @@ def apply_coca(config: ml_collections.ConfigDict, coca: ml_collections.ConfigDic
 def apply_isogclr(config: ml_collections.ConfigDict, samples_per_shard: int) -> None:
     """iSogCLR (Qiu et al. 2023): a learned temperature per example and direction, with
     the authors' CC3M values (`clipjax.losses.isogclr`). Batches carry each example's
-    number, for which `samples_per_shard` is the most samples a training shard holds."""
-    from clipjax.losses.isogclr import ISOGCLR_PARAMETERS, ISogCLRSpec
+    number, for which `samples_per_shard` is the most samples a training shard holds.
+
+    rho is a KL radius around the uniform distribution over a row's B - 1 negatives, so
+    it only means something below ln(B - 1): the authors' 6.0 goes with their global
+    batch of 512 (ln 511 = 6.24). It is set to keep their margin at this config's
+    `train.batch_size`; set the batch first, or `loss.isogclr.rho` after."""
+    from clipjax.losses.isogclr import ISOGCLR_PARAMETERS, ISogCLRSpec, rho_for_batch
 
     unread = ("label_smoothing", "cwcl_weights_from")
     for field in (*unread, "alignment_weight", "uniformity_weight", "cross_uniformity_weight"):
@@ -170,6 +175,7 @@ def apply_isogclr(config: ml_collections.ConfigDict, samples_per_shard: int) -> 
     config.loss.isogclr = ml_collections.ConfigDict(
         {name: float(getattr(defaults, name)) for name in ISOGCLR_PARAMETERS}
     )
+    config.loss.isogclr.rho = rho_for_batch(config.train.batch_size)
     config.data.samples_per_shard = samples_per_shard
 
 

@@ -133,7 +133,13 @@ def example_table(config, mesh: Mesh, batch_axes: MeshAxes) -> ExampleTable | No
     from clipjax.data.example_index import ExampleIndex
     from clipjax.data.loader import train_sources
 
-    shards = [len(urls) for urls in train_sources(config.data)]
+    try:
+        shards = [len(urls) for urls in train_sources(config.data)]
+    except ValueError as exc:  # e.g. `clipjax compile` without data.train_shards
+        raise ValueError(
+            f"loss.kind='isogclr' sizes its per-example state from data.train_shards "
+            f"(the files need not exist to compile): {exc}"
+        ) from exc
     examples = ExampleIndex(config.data.samples_per_shard, shards).size
     initial = ISogCLRSpec.from_config(config.loss).initial_values()
     return ExampleTable.create(examples, initial, mesh, batch_axes)
