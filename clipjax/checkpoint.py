@@ -56,6 +56,7 @@ class LoaderStateHandler(ocp.handlers.CheckpointHandler):
                 raise LoaderStateMissing(f"{path} holds no per-stream data position")
             merged["streams"] = saved["streams"]
             merged["states"].update(saved["states"])
+            merged.update({k: v for k, v in saved.items() if k not in ("streams", "states")})
         return merged
 
 

@@ -22,6 +22,7 @@ from clipjax.losses.checks import loss_problems, loss_split_problems
 from clipjax.models.checks import model_problems, text_tokenizer_problems
 from clipjax.parallel import batch_split_problems
 from clipjax.train.checks import trainer_problems
+from clipjax.train.example_state import split_problems as table_split_problems
 
 TOP_LEVEL = (
     *("seed", "data", "tokenizer", "model", "loss", "optim", "train"),
@@ -66,6 +67,8 @@ def config_problems(
     problems += split
     if shards is not None:
         problems += loss_split_problems(c.loss, shards, c.train.batch_size)
+        if c.loss.get("kind") == "isogclr":
+            problems += table_split_problems(shards)
         local = c.train.batch_size // shards
         if local % c.train.accum_steps:
             problems.append(
@@ -119,6 +122,12 @@ def validate(
 def _per_example_state(c, has_images: bool) -> list[str]:
     """iSogCLR keeps state per example: it needs their numbers and one pass per batch."""
     if c.loss.get("kind") != "isogclr":
+        if has_images and c.data.get("samples_per_shard") is not None:
+            return [
+                f"data.samples_per_shard is not used by loss.kind={c.loss.get('kind')!r}: "
+                "remove it or set --config.data.samples_per_shard=None (only per-example "
+                "state, loss.kind='isogclr', reads example numbers)"
+            ]
         return []
     problems = []
     if not has_images or not c.data.get("samples_per_shard"):

@@ -29,7 +29,7 @@ def reference_step(x, t, state, spec: ISogCLRSpec):
         g = e.sum(1) / (n - 1)
         old_u = np.where(state[f"log_u_{side}"] <= LOG_ZERO, 0.0, np.exp(state[f"log_u_{side}"]))
         u = (1 - spec.gamma) * old_u + spec.gamma * g
-        objective += np.mean(tau * (np.log(g) + spec.rho))
+        objective += np.mean(tau * (np.log(spec.eps + g) + spec.rho))
         w = e / (spec.eps + u)[:, None] / (n - 1) / n  # d surrogate / d h_ij
         anchors, others = (x, t) if side == "image" else (t, x)
         g_anchor = w @ others - w.sum(1)[:, None] * others  # h_ij = a_i.o_j - a_i.o_i
@@ -99,9 +99,6 @@ def _train_config(tiny_config, *overrides):
     from clipjax.config import apply_overrides
     from clipjax.models.presets import apply_isogclr
 
-    with tiny_config.unlocked():
-        apply_isogclr(tiny_config, samples_per_shard=512)
-        del tiny_config.evals["digits"]
     apply_overrides(
         tiny_config,
         [
@@ -109,6 +106,9 @@ def _train_config(tiny_config, *overrides):
             "optim.warmup_steps=1", "data.shuffle_buffer=50", *overrides,
         ],
     )  # fmt: skip
+    with tiny_config.unlocked():
+        apply_isogclr(tiny_config, samples_per_shard=512)  # rho for the batch of 16
+        del tiny_config.evals["digits"]
     return tiny_config
 
 
@@ -180,7 +180,7 @@ def test_the_per_example_state_restores_onto_other_meshes(tiny_config, tmp_path)
         ({"loss.isogclr.tau_min": 0.5}, r"0 < tau_min=0.5 <= tau_init=0.01"),
         ({"loss.isogclr.beta": 0.5}, r"loss.isogclr.beta is not used by iSogCLR"),
         ({"loss.isogclr": None}, "loss.kind='isogclr' needs its group"),
-        ({"loss.isogclr.rho": 3.5}, r"rho=3.5 is not below ln\(B - 1\) = 3.434 for the 32"),
+        ({"loss.isogclr.rho": 3.5}, r"rho=3.5 is not in \(0, ln\(B - 1\) = 3.434\) for the 32"),
     ],
 )
 def test_bad_isogclr_settings_are_refused(change, message):
@@ -207,3 +207,24 @@ def test_the_shipped_config_passes_its_checks():
 
     for spec in ("configs/clip/isogclr.py", "configs/clip/isogclr.py:tiny"):
         assert config_problems(load_config(spec), 8, 1, reads_data=False) == [], spec
+
+
+def test_example_numbers_are_refused_without_a_loss_that_reads_them():
+    from clipjax.config import load_config
+    from clipjax.validation import config_problems
+
+    config = load_config("configs/default.py:tiny")
+    config.data.samples_per_shard = 512
+    problems = config_problems(config, 8, 1, reads_data=False)
+    assert any("data.samples_per_shard is not used by loss.kind='softmax'" in p for p in problems)
+
+
+def test_a_checkpoint_numbered_otherwise_is_refused(tiny_config):
+    from clipjax.data.loader import train_loader
+    from clipjax.data.shards import DataStats
+    from clipjax.data.tokenizers import build_tokenizer
+
+    config = _train_config(tiny_config)
+    saved = {"streams": 1, "states": {}, "samples_per_shard": 600}
+    with pytest.raises(ValueError, match="samples_per_shard=600 and this run has 512"):
+        train_loader(config, build_tokenizer(config.tokenizer), DataStats(), saved)

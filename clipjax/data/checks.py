@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from clipjax.data.augment import augment_problems
 from clipjax.data.decode import parse_keys
+from clipjax.data.example_index import ExampleIndex
 from clipjax.data.loader import stream_range, train_sources
 from clipjax.data.shards import check_openers
 from clipjax.data.skips import check_skip_limits
@@ -76,7 +77,7 @@ def data_problems(data, batch_size: int, num_processes: int, reads_data: bool = 
     if problems or data.source == "xor":
         return problems
     problems += augment_problems(data.get("augment"))
-    problems += _samples_per_shard(data)
+    problems += _samples_per_shard(data, reads_data)
     if data.source == "shards" and reads_data:
         problems += _train_shards(data)
     if data.weights and (data.source != "shards" or any(not w > 0 for w in data.weights)):
@@ -95,7 +96,7 @@ def data_problems(data, batch_size: int, num_processes: int, reads_data: bool = 
     return problems + _streams(data, batch_size, num_processes)
 
 
-def _samples_per_shard(data) -> list[str]:
+def _samples_per_shard(data, reads_data: bool) -> list[str]:
     value = data.get("samples_per_shard")
     if value is None:
         return []
@@ -104,6 +105,12 @@ def _samples_per_shard(data) -> list[str]:
             f"data.samples_per_shard={value!r}: expected a positive int, the most samples "
             "any training shard holds (img2dataset's number_sample_per_shard)"
         ]
+    if not reads_data:
+        return []
+    try:
+        ExampleIndex(value, [len(urls) for urls in train_sources(data)])
+    except ValueError as exc:
+        return [str(exc)]
     return []
 
 

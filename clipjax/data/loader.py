@@ -216,9 +216,10 @@ class StreamGroup:
     `data.streams` sees the same data on 1 process or on 8, and its checkpoint
     resumes on either."""
 
-    def __init__(self, loaders: dict[int, PairLoader], count: int):
+    def __init__(self, loaders: dict[int, PairLoader], count: int, numbering: dict | None = None):
         self.loaders = loaders
         self.count = count
+        self.numbering = numbering or {}  # how examples were numbered, kept in the state
 
     def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], dict]]:
         iterators = {j: iter(loader) for j, loader in self.loaders.items()}
@@ -233,7 +234,7 @@ class StreamGroup:
                 batches = [batch for batch, _ in parts.values()]
                 batch = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
                 states = {str(j): state for j, (_, state) in parts.items()}
-                yield batch, {"streams": self.count, "states": states}
+                yield batch, {"streams": self.count, "states": states, **self.numbering}
         finally:
             for iterator in iterators.values():
                 iterator.close()
@@ -257,6 +258,17 @@ def _stream_states(saved: dict | None, count: int, owned: range) -> dict:
     return {j: saved["states"][str(j)] for j in owned}
 
 
+def _check_numbering(saved: dict | None, samples_per_shard: int | None) -> None:
+    """Per-example state is stored by example number: the numbering must not change."""
+    if saved is None or saved.get("samples_per_shard") == samples_per_shard:
+        return
+    raise ValueError(
+        f"the checkpoint numbered its examples with data.samples_per_shard="
+        f"{saved.get('samples_per_shard')} and this run has {samples_per_shard}: its "
+        "per-example state would belong to other examples; keep the checkpoint's value"
+    )
+
+
 def train_loader(
     config, tokenizer: Tokenizer, stats: DataStats, state: dict | None = None
 ) -> StreamGroup:
@@ -266,6 +278,7 @@ def train_loader(
     d = config.data
     owned = stream_range(d.streams, jax.process_index(), jax.process_count())
     count = d.streams or jax.process_count()
+    _check_numbering(state, d.get("samples_per_shard"))
     states = _stream_states(state, count, owned)
     sources = train_sources(d)
     image_augment, text_augment = build_augments(d.augment)
@@ -316,7 +329,8 @@ def train_loader(
             ),
             example_index=example_index,
         )
-    return StreamGroup(loaders, count)
+    numbering = {"samples_per_shard": d.samples_per_shard} if example_index else {}
+    return StreamGroup(loaders, count, numbering)
 
 
 def batch_layout(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:

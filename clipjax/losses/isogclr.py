@@ -74,17 +74,24 @@ AUTHORS_BATCH, AUTHORS_RHO = 512, 6.0
 def rho_for_batch(batch: int) -> float:
     """The authors' rho moved to another contrast batch: the same margin below ln(B - 1),
     the largest KL divergence from uniform over B - 1 negatives."""
+    if batch < 3:
+        raise ValueError(f"iSogCLR contrasts each row with B - 1 >= 2 others; B={batch}")
     return round(AUTHORS_RHO - math.log((AUTHORS_BATCH - 1) / (batch - 1)), 4)
 
 
 def rho_problems(rho: float, contrast_batch: int) -> list[str]:
     """At rho >= ln(B - 1) every temperature's gradient is positive: all fall to tau_min."""
-    if rho < math.log(contrast_batch - 1):
+    if contrast_batch < 3:
+        return [
+            f"loss.kind='isogclr' contrasts each row with the {contrast_batch} examples of its "
+            "loss group; it needs at least 3"
+        ]
+    if 0 < rho < math.log(contrast_batch - 1):
         return []
     return [
-        f"loss.isogclr.rho={rho} is not below ln(B - 1) = {math.log(contrast_batch - 1):.3f} "
-        f"for the {contrast_batch} examples each row is contrasted with: every temperature "
-        f"would fall to tau_min; rho_for_batch({contrast_batch}) = "
+        f"loss.isogclr.rho={rho} is not in (0, ln(B - 1) = {math.log(contrast_batch - 1):.3f}) "
+        f"for the {contrast_batch} examples each row is contrasted with: at or above it every "
+        f"temperature falls to tau_min; rho_for_batch({contrast_batch}) = "
         f"{rho_for_batch(contrast_batch)} keeps the authors' margin"
     ]
 
@@ -193,7 +200,7 @@ def _anchor_direction(spec, scorer, rows, cols, positive, group_batch, tau, log_
                           math.log(spec.gamma) + fixed_log_g)  # fmt: skip
     log_denominator = jnp.logaddexp(math.log(spec.eps), log_u)  # log(eps + u)
     surrogate = jnp.sum(tau * jnp.exp(log_g - log_denominator))
-    objective = jnp.sum(tau * (fixed_log_g + spec.rho))
+    objective = jnp.sum(tau * (jnp.logaddexp(math.log(spec.eps), fixed_log_g) + spec.rho))
 
     # E_p[h / tau]: the row gradient of the log-sum-exp is sum_j p_ij t_j
     fixed_rows, fixed_cols = jax.lax.stop_gradient((rows, cols))

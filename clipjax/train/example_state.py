@@ -6,7 +6,8 @@ A step reads the rows of its batch's examples and writes them back, by their sta
 numbers (`batch["index"]`, see `clipjax.data.example_index`). Neither moves the table:
 every device receives the batch's numbers (B int32), answers those it holds, and a
 reduce-scatter hands each row's values to the device that holds that row; writing
-back is the same in reverse. Per step that is O(B) bytes whatever N is. When an
+back is the same in reverse. Per step the collectives move O(B) bytes whatever N is;
+the writes update the table in place (it is donated with the train state). When an
 example is twice in a batch (resampled shards), its last occurrence is written.
 """
 
@@ -25,6 +26,16 @@ from clipjax.parallel import MeshAxes, axis_size, axis_tuple
 ROWS_ALIGN = 4096
 
 
+def split_problems(batch_shards: int) -> list[str]:
+    """The table's rows come in blocks of ROWS_ALIGN: a batch shard count must divide it."""
+    if ROWS_ALIGN % batch_shards == 0:
+        return []
+    return [
+        f"the per-example state's rows (blocks of {ROWS_ALIGN}) do not split over "
+        f"{batch_shards} batch shards; use a power-of-two batch shard count"
+    ]
+
+
 @dataclass(frozen=True)
 class ExampleTable:
     """`size` examples (rounded up to whole shards), each with `initial` values."""
@@ -39,12 +50,9 @@ class ExampleTable:
         # Padded to whole blocks of ROWS_ALIGN, not to this mesh's shard count: the
         # shape is then the same on every mesh, and a checkpoint restores onto any.
         size = math.ceil(examples / ROWS_ALIGN) * ROWS_ALIGN
-        shards = axis_size(mesh, batch_axes)
-        if size % shards:
-            raise ValueError(
-                f"the per-example state's {size} rows do not split over {shards} batch "
-                f"shards; use a power-of-two batch shard count (at most {ROWS_ALIGN})"
-            )
+        problems = split_problems(axis_size(mesh, batch_axes))
+        if problems:
+            raise ValueError(problems[0])
         return cls(size, dict(initial), mesh, batch_axes)
 
     @property
@@ -58,47 +66,47 @@ class ExampleTable:
 
     def lookup(self, table: dict[str, jax.Array], index: jax.Array) -> dict[str, jax.Array]:
         """The batch's rows of every field, `[B]` each, sharded like `index`."""
-        names = list(table)
-        stacked = jnp.stack([table[n] for n in names], axis=1)
         axes = axis_tuple(self.batch_axes)
 
         def body(local_table, local_index):
             index = jax.lax.all_gather(local_index, axes, tiled=True)
-            local, held = _held(index, local_table.shape[0], axes)
-            values = jnp.where(held[:, None], local_table[jnp.where(held, local, 0)], 0.0)
-            return jax.lax.psum_scatter(values, axes, scatter_dimension=0, tiled=True)
+            size = next(iter(local_table.values())).shape[0]
+            local, held = _held(index, size, axes)
+            at = jnp.where(held, local, 0)
+            # Each field stays its own 1-D array: a stacked [n, fields] copy of the table
+            # would be padded to 128 lanes on TPU. Only the batch's [B, fields] is stacked.
+            values = jnp.stack([jnp.where(held, v[at], 0.0) for v in local_table.values()], 1)
+            rows = jax.lax.psum_scatter(values, axes, scatter_dimension=0, tiled=True)
+            return {name: rows[:, i] for i, name in enumerate(local_table)}
 
-        rows = jax.shard_map(
-            body,
-            mesh=self.mesh,
-            in_specs=(P(axes, None), P(axes)),
-            out_specs=P(axes, None),
-        )(stacked, index)
-        return {name: rows[:, i] for i, name in enumerate(names)}
+        specs = {name: P(axes) for name in table}
+        return jax.shard_map(body, mesh=self.mesh, in_specs=(specs, P(axes)), out_specs=specs)(
+            table, index
+        )
 
     def store(
         self, table: dict[str, jax.Array], index: jax.Array, rows: dict[str, jax.Array]
     ) -> dict[str, jax.Array]:
         """`table` with the batch's examples set to `rows` (`[B]` per field)."""
-        names = list(table)
-        stacked = jnp.stack([table[n] for n in names], axis=1)
-        values = jnp.stack([rows[n].astype(jnp.float32) for n in names], axis=1)
         axes = axis_tuple(self.batch_axes)
+        rows = {name: rows[name].astype(jnp.float32) for name in table}
 
-        def body(local_table, local_index, local_values):
+        def body(local_table, local_index, local_rows):
             index = jax.lax.all_gather(local_index, axes, tiled=True)
-            values = jax.lax.all_gather(local_values, axes, tiled=True)
-            local, held = _held(index, local_table.shape[0], axes)
-            target = jnp.where(held & _last_occurrence(index), local, local_table.shape[0])
-            return local_table.at[target].set(values, mode="drop")
+            size = next(iter(local_table.values())).shape[0]
+            local, held = _held(index, size, axes)
+            target = jnp.where(held & _last_occurrence(index), local, size)
+            return {
+                name: column.at[target].set(
+                    jax.lax.all_gather(local_rows[name], axes, tiled=True), mode="drop"
+                )
+                for name, column in local_table.items()
+            }
 
-        updated = jax.shard_map(
-            body,
-            mesh=self.mesh,
-            in_specs=(P(axes, None), P(axes), P(axes, None)),
-            out_specs=P(axes, None),
-        )(stacked, index, values)
-        return {name: updated[:, i] for i, name in enumerate(names)}
+        specs = {name: P(axes) for name in table}
+        return jax.shard_map(
+            body, mesh=self.mesh, in_specs=(specs, P(axes), specs), out_specs=specs
+        )(table, index, rows)
 
 
 def _held(index: jax.Array, local_size: int, axes) -> tuple[jax.Array, jax.Array]:
