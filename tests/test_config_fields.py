@@ -151,6 +151,10 @@ def shrink(config: ConfigDict, digits_cache: Path, init_from: str) -> None:
         overrides.append(f"data.train_shards={train}/{{00000..00002}}.tar")
     if model.get("frozen"):
         overrides.append(f"init_from={init_from}")
+    if config.loss.get("isogclr"):  # rho must stay below ln(B - 1) of the smaller batch
+        from clipjax.losses.isogclr import rho_for_batch
+
+        overrides.append(f"loss.isogclr.rho={rho_for_batch(16)}")
     apply_overrides(config, overrides)
 
 
