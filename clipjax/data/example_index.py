@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from clipjax.data.mixing import SOURCE
 from clipjax.data.shards import OFFSET, SHARD
+from clipjax.data.skips import UnusableData
 
 MAX_EXAMPLES = 2**31 - 1  # the index travels as int32
 
@@ -33,7 +34,7 @@ class ExampleIndex:
     def __call__(self, sample: dict) -> int:
         offset = sample[OFFSET]
         if offset >= self.samples_per_shard:
-            raise ValueError(
+            raise UnusableData(
                 f"{sample.get('__url__')} has more than data.samples_per_shard="
                 f"{self.samples_per_shard} samples (sample {offset + 1} is "
                 f"{sample.get('__key__')!r}); set it to the largest shard's sample count"

@@ -17,7 +17,7 @@ from clipjax.data.example_index import ExampleIndex
 from clipjax.data.mixing import MixedStream
 from clipjax.data.pipeline import OrderedDecoder, PairDecoder
 from clipjax.data.shards import DataStats, SampleStream
-from clipjax.data.skips import SkipMonitor, Skipped
+from clipjax.data.skips import SkipMonitor, Skipped, UnusableData
 from clipjax.data.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -262,7 +262,7 @@ def _check_numbering(saved: dict | None, samples_per_shard: int | None) -> None:
     """Per-example state is stored by example number: the numbering must not change."""
     if saved is None or saved.get("samples_per_shard") == samples_per_shard:
         return
-    raise ValueError(
+    raise UnusableData(
         f"the checkpoint numbered its examples with data.samples_per_shard="
         f"{saved.get('samples_per_shard')} and this run has {samples_per_shard}: its "
         "per-example state would belong to other examples; keep the checkpoint's value"
