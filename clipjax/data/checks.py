@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from clipjax.data.augment import augment_problems
 from clipjax.data.decode import parse_keys
-from clipjax.data.example_index import ExampleIndex
-from clipjax.data.loader import stream_range, train_sources
+from clipjax.data.loader import example_numbering, stream_range, train_sources
 from clipjax.data.shards import check_openers
 from clipjax.data.skips import check_skip_limits
 
@@ -108,7 +107,7 @@ def _samples_per_shard(data, reads_data: bool) -> list[str]:
     if not reads_data:
         return []
     try:
-        ExampleIndex(value, [len(urls) for urls in train_sources(data)])
+        example_numbering(data)
     except ValueError as exc:
         return [str(exc)]
     return []

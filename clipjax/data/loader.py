@@ -199,6 +199,15 @@ def train_sources(data_cfg) -> list[list[str]]:
     return [expand_urls(spec) for spec in specs]
 
 
+def example_numbering(data_cfg, sources: list[list[str]] | None = None) -> ExampleIndex | None:
+    """How the training examples are numbered (`data.samples_per_shard` slots per shard of
+    `sources`, default `train_sources`), or None when batches carry no numbers."""
+    if not data_cfg.get("samples_per_shard"):
+        return None
+    sources = train_sources(data_cfg) if sources is None else sources
+    return ExampleIndex(data_cfg.samples_per_shard, [len(urls) for urls in sources])
+
+
 def stream_range(streams: int, process_index: int, process_count: int) -> range:
     """The data streams a process owns: `streams` (0: one per process) split in blocks."""
     count = streams or process_count
@@ -282,9 +291,7 @@ def train_loader(
     states = _stream_states(state, count, owned)
     sources = train_sources(d)
     image_augment, text_augment = build_augments(d.augment)
-    example_index = None
-    if d.get("samples_per_shard"):
-        example_index = ExampleIndex(d.samples_per_shard, [len(urls) for urls in sources])
+    example_index = example_numbering(d, sources)
     transform = ImageTransform(
         d.image_size, d.mean, d.std, train=True, crop_scale=d.crop_scale, augment=image_augment
     )

@@ -130,17 +130,15 @@ def example_table(config, mesh: Mesh, batch_axes: MeshAxes) -> ExampleTable | No
     training shards (`data.samples_per_shard` slots per shard)."""
     if config.loss.kind != "isogclr":
         return None
-    from clipjax.data.example_index import ExampleIndex
-    from clipjax.data.loader import train_sources
+    from clipjax.data.loader import example_numbering
 
     try:
-        shards = [len(urls) for urls in train_sources(config.data)]
+        examples = example_numbering(config.data).size
     except ValueError as exc:  # e.g. `clipjax compile` without data.train_shards
         raise ValueError(
             f"loss.kind='isogclr' sizes its per-example state from data.train_shards "
             f"(the files need not exist to compile): {exc}"
         ) from exc
-    examples = ExampleIndex(config.data.samples_per_shard, shards).size
     initial = ISogCLRSpec.from_config(config.loss).initial_values()
     return ExampleTable.create(examples, initial, mesh, batch_axes)
 
