@@ -63,6 +63,11 @@ def forward_flops_per_example(model_cfg, batch_size: int, train: bool = False) -
     return image + text_tower_flops(model_cfg.text, e) + 2 * batch_size * e
 
 
+def counts_model(model_cfg) -> bool:
+    """Whether these formulas describe the model: CLIP-style ViT + text towers."""
+    return model_cfg.name == "clip" and model_cfg.image.kind == "vit"
+
+
 def train_flops_per_example(model_cfg, batch_size: int) -> int:
     return 3 * forward_flops_per_example(model_cfg, batch_size, train=True)
 

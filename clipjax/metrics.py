@@ -90,7 +90,14 @@ def progress_line(step: int, total: int, values: dict) -> str:
     return (
         f"step {step:>6}/{total}  loss {'skipped' if loss is None else f'{loss:.4f}'}  "
         f"temp {values['train/temperature']:.4f}  "
-        f"{values['train/images_per_sec']:,.0f} img/s  ETA {format_eta(values['train/eta_sec'])}"
+        f"{values['train/images_per_sec']:,.0f} img/s"
+        + (f"  MFU {100 * values['train/mfu']:.1f}%" if "train/mfu" in values else "")
+        + (
+            f"  data wait {100 * values['train/data_wait_fraction']:.0f}%"
+            if "train/data_wait_fraction" in values
+            else ""
+        )
+        + f"  ETA {format_eta(values['train/eta_sec'])}"
         + (f"  ({skipped} steps skipped)" if skipped else "")
     )
 

@@ -155,6 +155,13 @@ def get_config(arg=None):
     c.train.stall_timeout = 1800.0
     # seconds after SIGTERM to reach a step boundary and save; then exit 75 without saving
     c.train.preemption_grace = 60.0
+    # MFU (train/mfu) divides the architecture's FLOPs (clipjax/flops.py) by the chips'
+    # peak: this many TFLOP/s per chip, or None for the data sheet of the device kind at
+    # model.dtype (on CPUs an estimate from /proc/cpuinfo, named in the log)
+    c.train.peak_tflops = None
+    # (start, end): a profiler trace of those steps in workdir/profile (TensorBoard's
+    # profile plugin opens it); (): none
+    c.train.profile_steps = ()
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = (

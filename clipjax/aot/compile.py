@@ -17,7 +17,7 @@ import jax
 
 from clipjax.aot.gpu_topology import GpuTopology
 from clipjax.aot.topology import Topology
-from clipjax.flops import device_peak, train_flops_per_example
+from clipjax.flops import counts_model, device_peak, train_flops_per_example
 from clipjax.parallel import build_mesh
 from clipjax.train.program import build_step_program
 from clipjax.validation import validate
@@ -181,7 +181,7 @@ def _add_flops(report: CompileReport, config, compiled, device) -> None:
     peak = device_peak(device, "bfloat16")
     report.peak_flops, report.peak_source = peak.flops_per_s, peak.source
     model = config.model
-    if model.name == "clip" and model.image.kind == "vit":
+    if counts_model(model):
         batch = config.train.batch_size
         report.model_flops = train_flops_per_example(model, batch) * batch / report.chips
     else:

@@ -8,6 +8,7 @@ from pathlib import Path
 from clipjax.fieldcheck import choice, positive, type_problems, unused_fields
 from clipjax.train.divergence import check_policy
 from clipjax.train.optim import OPTIMIZER_FIELDS, OPTIMIZERS, SCHEDULE_FIELDS, SCHEDULES
+from clipjax.train.profile import profile_problems
 from clipjax.train.watchdog import check_watchdog
 
 TRAIN_FIELDS = {
@@ -20,6 +21,7 @@ TRAIN_FIELDS = {
     "max_skipped_in_a_row": int,
     "stall_timeout": float,
     "preemption_grace": float,
+    "profile_steps": tuple,
 }
 CHECKPOINT_FIELDS = {"every": int, "keep": int, "keep_period": int, "async_save": bool}
 DISTRIBUTED_FIELDS = {"init_timeout": int, "heartbeat_timeout": int, "shutdown_timeout": int}
@@ -34,6 +36,7 @@ def trainer_problems(c, family: str, has_images: bool, reads_data: bool = True) 
     whether the data gives images; without `reads_data`, `init_from` need not exist."""
     problems = type_problems(c, "config", {"seed": int})
     problems += type_problems(c.train, "train", TRAIN_FIELDS)
+    problems += type_problems(c.train, "train", {"peak_tflops": float}, optional=True)
     problems += type_problems(c.checkpoint, "checkpoint", CHECKPOINT_FIELDS)
     problems += type_problems(c.distributed, "distributed", DISTRIBUTED_FIELDS)
     problems += type_problems(c.optim, "optim", _OPTIM_COMMON)
@@ -93,6 +96,9 @@ def _train(t, family: str, has_images: bool, image_size: int | None) -> list[str
         )
     problems += check_policy(t.on_nonfinite, t.max_skipped_in_a_row)
     problems += check_watchdog(t.stall_timeout, t.preemption_grace)
+    problems += profile_problems(tuple(t.profile_steps), t.steps)
+    if t.get("peak_tflops") is not None:
+        problems += positive("train.peak_tflops", t.peak_tflops)
     if t.host_batch and not has_images:
         problems.append("train.host_batch=True keeps images in host memory; this data has none")
     elif t.host_batch and isinstance(image_size, int) and image_size % 2:

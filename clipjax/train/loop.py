@@ -23,8 +23,11 @@ from clipjax.parallel import build_mesh
 from clipjax.train.divergence import DivergenceGuard
 from clipjax.train.init_from import initial_params
 from clipjax.train.preemption import Preempted, PreemptionWatch
+from clipjax.train.profile import ProfileWindow
 from clipjax.train.program import StepProgram, build_step_program
 from clipjax.train.state import StatePlan, state_as_dict, state_from_dict
+from clipjax.train.step_clock import StepClock
+from clipjax.train.utilisation import Utilisation, utilisation_for
 from clipjax.train.watchdog import Watchdog
 from clipjax.validation import validate
 
@@ -118,6 +121,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
             state = run.loop(state, start, writer, watch)
         finally:
             run.batches.close()
+            run.profile.close()
             writer.close()
             run.checkpoints.close()
     finally:
@@ -147,6 +151,8 @@ def _setup(config, workdir: Path, devices, watchdog: Watchdog):
     evaluator = Evaluator(config, plan.spec, tokenizer, sharding_for, plan.shardings.params)
     result = TrainResult(steps=config.train.steps, wall_seconds=0.0, start_step=start)
     run = _Run(config, program, batches, evaluator, stats, checkpoints, result, watchdog)
+    run.utilisation = utilisation_for(config, devices)
+    run.profile = ProfileWindow(tuple(config.train.get("profile_steps", ())), workdir)
     return run, state, start
 
 
@@ -160,6 +166,9 @@ class _Run:
     checkpoints: Checkpoints
     result: TrainResult
     watchdog: Watchdog
+    utilisation: Utilisation | None = None
+    profile: ProfileWindow = field(default_factory=lambda: ProfileWindow((), Path(".")))
+    clock: StepClock = field(default_factory=StepClock)
 
     def loop(self, state, start: int, writer: MetricWriter, watch: PreemptionWatch):
         total = self.config.train.steps
@@ -172,12 +181,16 @@ class _Run:
                 initial = self.evaluator.run(state.params, 0)
             if initial:
                 writer.write(0, initial)
+        self.clock = StepClock()
         upcoming = self._next_batch() if start < total else None
         for step in range(start + 1, total + 1):
             batch, loader_state = upcoming
             with self.watchdog.stage("step" if step > start + 1 else "step (the first compiles)"):
-                state, metrics = self.program.step(state, batch)
+                with self.profile.step(step):
+                    state, metrics = self.program.step(state, batch)
                 guard.observe(step, metrics.pop("nonfinite"))  # settles the step before
+                self.profile.finish(step, state)
+            self.clock.stepped()
             # device prefetch: the next batch's transfer overlaps this step's compute
             upcoming = self._next_batch() if step < total else None
             preempted = step < total and watch.reached(step)
@@ -188,10 +201,12 @@ class _Run:
                 with self.watchdog.stage("step"):
                     guard.settle()  # nothing non-finite is logged, evaluated or saved
             self._log(step, state, metrics, throughput, writer, guard)
+            saving = time.perf_counter()
             with self.watchdog.stage("checkpoint"):
                 self.checkpoints.save(step, state_as_dict(state), loader_state, force=force)
                 if preempted:
                     self.checkpoints.wait()
+            self.clock.spent_elsewhere(time.perf_counter() - saving)
             if preempted:
                 raise Preempted(step)
         if start >= total:
@@ -204,7 +219,9 @@ class _Run:
     def _next_batch(self) -> tuple[dict, dict]:
         """The next batch as global device arrays, with the loader state after it."""
         with self.watchdog.stage("data"):
+            waiting = time.perf_counter()
             batch, loader_state = next(self.batches)
+            self.clock.waited_for_data(time.perf_counter() - waiting, batch)
             return self.program.place_batch(batch), loader_state
 
     def _logs(self, step: int) -> bool:
@@ -219,10 +236,15 @@ class _Run:
                 values = {k: v for k, v in values.items() if math.isfinite(v)}
             values["train/skipped_steps"] = guard.skipped
             values.update(throughput.update(step))
+            values.update(self.clock.read())
+            if self.utilisation is not None:
+                values.update(self.utilisation.metrics(1e3 / values["train/step_ms"]))
             values.update(self.stats.as_metrics())
             self.result.losses.append(float(values.get("train/loss", math.nan)))
             print_progress(progress_line(step, self.config.train.steps, values))
+        evaluating = time.perf_counter()
         with self.watchdog.stage("eval"):
             eval_metrics = self.evaluator.run(state.params, step)
+        self.clock.spent_elsewhere(time.perf_counter() - evaluating)
         if values or eval_metrics:
             self.result.final_metrics.update(writer.write(step, {**values, **eval_metrics}))
