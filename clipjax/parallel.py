@@ -151,21 +151,23 @@ def param_shardings(logical_specs, shapes, mesh: Mesh, rules: Mapping[str, MeshA
     )
 
 
-_ACTIVATION_BATCH: ContextVar[tuple[Mesh, MeshAxes] | None] = ContextVar(
+_ACTIVATION_BATCH: ContextVar[tuple[Mesh, MeshAxes, MeshAxes] | None] = ContextVar(
     "activation_batch", default=None
 )
 
 
 @contextmanager
-def activations_on_batch_axes(mesh: Mesh, axes: MeshAxes) -> Iterator[None]:
+def activations_on_batch_axes(mesh: Mesh, axes: MeshAxes, heads: MeshAxes = None) -> Iterator[None]:
     """While a step is traced inside this, `constrain_to_batch` pins activations' leading
     dimension to the batch `axes` of `mesh`.
 
     Without it XLA's sharding propagation may follow an FSDP weight (its `embed`
     dimension sharded over `fsdp`) into the activations and gather the batch instead of
     the weight: ViT-L/14 at global batch 32,768 on 256 v5e chips with `fsdp=256` then
-    asks for 618 GiB of temporaries per chip, every chip holding the whole batch."""
-    token = _ACTIVATION_BATCH.set((mesh, axes))
+    asks for 618 GiB of temporaries per chip, every chip holding the whole batch.
+    `heads`: the mesh axes attention heads are split over (kernels XLA cannot
+    partition are mapped over them, see `step_partitioning`)."""
+    token = _ACTIVATION_BATCH.set((mesh, axes, heads))
     try:
         yield
     finally:
@@ -179,9 +181,14 @@ def constrain_to_batch(x: jax.Array) -> jax.Array:
     active = _ACTIVATION_BATCH.get()
     if active is None:
         return x
-    mesh, axes = active
+    mesh, axes, _ = active
     spec = P(axes, *([None] * (x.ndim - 1)))
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def step_partitioning() -> tuple[Mesh, MeshAxes, MeshAxes] | None:
+    """(mesh, batch axes, heads axes) of the step being traced, or None outside one."""
+    return _ACTIVATION_BATCH.get()
 
 
 def batch_split_problems(

@@ -183,9 +183,15 @@ def test_compile_command_reports_a_fit_and_writes_json(tmp_path, capsys):
 
 @needs_libtpu
 def test_a_batch_that_cannot_fit_exits_3_with_the_size_and_the_fields(capsys):
-    # gather at 1M: each chip scores 262,144 rows against 1,048,576 columns (1 TiB)
+    # gather at 1M: each chip scores 262,144 rows against 1,048,576 columns (1 TiB);
+    # XLA's attention, as the bounds below were measured with (the flash kernel pads
+    # these 17- and 32-token sequences to 128 keys: 1,352 GiB with libtpu 0.0.42)
     code, printed = compile_tiny_clip(
-        capsys, "v5e-4", "--config.train.batch_size=1048576", "--config.loss.strategy='gather'"
+        capsys,
+        "v5e-4",
+        "--config.train.batch_size=1048576",
+        "--config.loss.strategy='gather'",
+        "--config.model.attention='xla'",
     )
     assert code == 3, printed
     # at least the 262,144 x 1,048,576 float32 scores: 1,024 GiB (libtpu versions add
@@ -226,3 +232,23 @@ def test_compile_for_eight_h100s_without_a_gpu(capsys, monkeypatch):
     assert code == 0, printed
     assert "8 NVIDIA H100 80GB HBM3 GPUs" in printed and "fits         yes" in printed
     assert "XLA's GPU compiler" in printed
+
+
+@needs_libtpu
+@pytest.mark.parametrize("attention", ["xla", "flash", "auto"])
+def test_the_attention_choice_reaches_the_tpu_compiler(attention, tmp_path):
+    """`flash` (and `auto` on TPU) put the Pallas kernel (a Mosaic custom call) in the
+    step, forward and backward, and the step compiles; `xla` has no custom call."""
+    from clipjax.aot.compile import compile_for_topology
+    from clipjax.parallel import build_mesh
+    from clipjax.train.program import build_step_program
+
+    config = tiny_config("siglip", "ring", tmp_path)  # bidirectional text: key padding
+    config.model.attention = attention
+    topology = parse_topology("v5e-4")
+    mesh = build_mesh(config.mesh, topology.devices(), whole_slice=True)
+    lowered = build_step_program(config, mesh).lower(platforms=("tpu",)).as_text()
+    kernels = lowered.count("tpu_custom_call")  # distinct kernel bodies: same-shape
+    # layers share one; the forward, dq and dkv kernels of image, text and MAP layers
+    assert kernels == (0 if attention == "xla" else 9), kernels
+    assert compile_for_topology(config, topology).fits

@@ -75,7 +75,7 @@ def test_weight_decay_mask_skips_biases_norms_positions_and_temperature():
     )
 
 
-@pytest.mark.parametrize("name", ["adamw", "lion", "adafactor"])
+@pytest.mark.parametrize("name", ["adamw", "lion", "adafactor", "lamb"])
 def test_zero_gradient_step_only_decays_masked_matrices(name):
     tx = build_optimizer(optim_config(name=name, warmup_steps=0, weight_decay=0.5), 10)
     state = tx.init(PARAMS)
@@ -129,3 +129,18 @@ def test_adafactor_b1_is_its_momentum():
     # m = b1 m + (1 - b1) u) holds a tenth of the second
     np.testing.assert_allclose(with_momentum, (1 - 0.9) * plain, rtol=1e-5)
     assert np.all(plain != 0)
+
+
+def test_lamb_scales_each_layers_update_to_its_weight_norm():
+    """LAMB (ALIGN's optimizer): each leaf's Adam direction is rescaled by the trust
+    ratio ||w|| / ||u||, so at lr 1 every update has the norm of its parameter."""
+    tx = build_optimizer(
+        optim_config(name="lamb", warmup_steps=0, weight_decay=0.0, clip_norm=0.0), 10
+    )
+    params = {"a": jnp.full((2, 3), 2.0), "b": jnp.arange(4.0).reshape(2, 2)}
+    grads = {"a": jnp.array([[1.0, -3.0, 0.5], [2.0, 0.1, -1.0]]), "b": jnp.ones((2, 2))}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    for name in params:
+        np.testing.assert_allclose(
+            optax.tree.norm(updates[name]), optax.tree.norm(params[name]), rtol=1e-5
+        )

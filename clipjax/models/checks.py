@@ -7,6 +7,7 @@ import ml_collections
 
 from clipjax.fieldcheck import choice, positive, type_problems, unused_fields
 from clipjax.models import MODELS
+from clipjax.models.attention import ATTENTION_CHOICES
 from clipjax.models.layers import ACTIVATIONS, REMAT_POLICIES, dtype_of
 from clipjax.models.text import TEXT_POOLS
 from clipjax.models.two_tower import IMAGE_TOWERS
@@ -28,6 +29,7 @@ FAMILY_GROUPS = {
     "symile": ("modalities",),
 }
 NO_LOGIT_BIAS = ("symile",)
+NO_ATTENTION = ("symile",)  # MLP towers
 
 _TOWER = {"width": int, "depth": int, "heads": int, "mlp_ratio": float, "act": str}
 IMAGE_FIELDS = {
@@ -66,9 +68,14 @@ def model_problems(model, image_size: int | None) -> list[str]:
     used = {*_COMMON, *_OPTIONAL, *FAMILY_GROUPS[name]} - (
         {"logit_bias_init"} if name in NO_LOGIT_BIAS else set()
     )
+    if name not in NO_ATTENTION:
+        used.add("attention")
     problems = unused_fields(model, "model", used, f"by model.name={name!r}")
     problems += type_problems(model, "model", _COMMON)
     problems += type_problems(model, "model", _OPTIONAL, optional=True)
+    if name not in NO_ATTENTION:
+        problems += type_problems(model, "model", {"attention": str})
+        problems += choice("model.attention", model.get("attention"), ATTENTION_CHOICES)
     missing = [
         g for g in FAMILY_GROUPS[name] if not isinstance(model.get(g), ml_collections.ConfigDict)
     ]

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from clipjax.models.attention import attend
 from clipjax.parallel import constrain_to_batch
 
 Names = tuple[str | None, ...]
@@ -65,9 +66,12 @@ def projection(width: int, embed_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs
 
 
 class Attention(nnx.Module):
-    """Multi-head self-attention; kernels are `(embed, heads, kv)` and `(heads, kv, embed)`."""
+    """Multi-head self-attention; kernels are `(embed, heads, kv)` and `(heads, kv, embed)`.
+    `implementation` names the kernel (`clipjax.models.attention`); `build_model` sets
+    it from `model.attention` for the devices the model runs on."""
 
     def __init__(self, width: int, heads: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.implementation = "xla"
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         head_dim = width // heads
@@ -109,7 +113,7 @@ class Attention(nnx.Module):
         """
         source = x if context is None else context
         q, k, v = self.query(x), self.key(source), self.value(source)
-        attended = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+        attended = attend(q, k, v, mask=mask, causal=causal, implementation=self.implementation)
         return self.out(attended)
 
 

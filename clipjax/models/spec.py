@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import jax
 from flax import nnx
 
 from clipjax.models import build_model
@@ -19,9 +20,11 @@ class ModelSpec:
     logical_specs: Any  # nested dict of logical PartitionSpecs, like `params`
 
 
-def model_spec(model_cfg) -> ModelSpec:
-    """Graph and logical axis names of the model, without allocating parameters."""
+def model_spec(model_cfg, platform: str | None = None) -> ModelSpec:
+    """Graph and logical axis names of the model for devices of `platform` (see
+    `build_model`; default: JAX's default backend), without allocating parameters."""
+    platform = platform or jax.default_backend()
     with nnx.use_eager_sharding(False):
-        abstract = nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0)))
+        abstract = nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0), platform))
     graphdef, state = nnx.split(abstract)
     return ModelSpec(graphdef, nnx.to_pure_dict(nnx.get_partition_spec(state)))

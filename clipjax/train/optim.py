@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import optax
 
-OPTIMIZERS = ("adamw", "lion", "adafactor")
+OPTIMIZERS = ("adamw", "lion", "adafactor", "lamb")
 SCHEDULES = ("cosine", "rsqrt", "constant_cooldown")
 # The fields each optimizer and schedule read besides name, lr, warmup_steps,
 # weight_decay and clip_norm; the config checks refuse the others.
@@ -13,6 +13,7 @@ OPTIMIZER_FIELDS = {
     "adamw": {"b1": float, "b2": float, "eps": float},
     "lion": {"b1": float, "b2": float},
     "adafactor": {"b1": float},  # its momentum; None: none (Shazeer and Stern's default)
+    "lamb": {"b1": float, "b2": float, "eps": float},  # You et al. 2020; ALIGN's optimizer
 }
 SCHEDULE_FIELDS = {
     "cosine": {"end_lr_factor": float},
@@ -92,6 +93,15 @@ def _trainable_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
             momentum=cfg.get("b1"),
             weight_decay_rate=cfg.weight_decay or None,
             weight_decay_mask=decay_mask,
+        )
+    elif cfg.name == "lamb":
+        core = optax.lamb(
+            schedule,
+            b1=cfg.b1,
+            b2=cfg.b2,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            mask=decay_mask,
         )
     else:
         raise ValueError(f"optim.name={cfg.name!r} is unknown; expected one of {OPTIMIZERS}")

@@ -113,6 +113,7 @@ def build_step_program(config, mesh: Mesh) -> StepProgram:
         frozen=frozen,
         normalize=_normalizer(config),
         host_entries=in_host,
+        heads_axes=rules.get("heads"),
     )
     batch_shardings = {
         name: _batch_placement(mesh, rules, len(shape) + 1, name in in_host)

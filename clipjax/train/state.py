@@ -95,7 +95,7 @@ def plan_train_state(
 ) -> StatePlan:
     """Shapes and shardings of the state (with `table`'s per-example state), and its
     initialiser; nothing allocated."""
-    spec = model_spec(model_cfg)
+    spec = model_spec(model_cfg, mesh.devices.flat[0].platform)
 
     def init() -> TrainState:
         params = _new_params(model_cfg, seed)

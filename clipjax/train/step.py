@@ -85,6 +85,7 @@ def make_grad_fn(
     frozen: Sequence[str] = (),
     normalize: Callable[[jax.Array], jax.Array] | None = None,
     host_entries: Mapping[str, tuple[int, ...]] | None = None,
+    heads_axes: MeshAxes = None,
 ) -> GradFn:
     """`grad_fn(params, batch, rng, examples=None) -> (loss, metrics, grads)`; `objective`
     scores the model's `train_outputs` (see train.objective), with the batch's
@@ -97,7 +98,7 @@ def make_grad_fn(
     def outputs(params: dict, batch: dict, rng: jax.Array) -> dict:
         if normalize is not None and "image" in batch:
             batch = {**batch, "image": normalize(batch["image"])}
-        with activations_on_batch_axes(mesh, batch_axes):
+        with activations_on_batch_axes(mesh, batch_axes, heads_axes):
             model = nnx.merge(spec.graphdef, params)
             return model.train_outputs(batch, jax.random.fold_in(rng, MODEL_RNG_STREAM))
 

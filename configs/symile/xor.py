@@ -36,6 +36,7 @@ def get_config(arg=None):
             {name: tower(bits, 128, 2) for name in ("a", "b", "c")}
         )
         del config.model["image"], config.model["text"], config["tokenizer"]
+        del config.model["attention"]  # MLP towers: no attention layers
         # only the XOR task's fields and Symile's loss fields apply
         for field in [k for k in config.data if k not in ("source", "xor_bits", "xor_noise")]:
             del config.data[field]
