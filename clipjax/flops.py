@@ -27,6 +27,7 @@ from pathlib import Path
 import jax
 
 from clipjax.models.layers import mlp_width as hidden_width
+from clipjax.models.text import kept_tokens
 from clipjax.models.vit import kept_patches
 
 
@@ -49,9 +50,14 @@ def image_tower_flops(image, embed_dim: int, train: bool = False) -> int:
     return patch_embed + blocks + 2 * image.width * embed_dim
 
 
-def text_tower_flops(text, embed_dim: int) -> int:
+def text_tower_flops(text, embed_dim: int, train: bool = False) -> int:
+    """Forward FLOPs of the text tower; in training only the positions FLIP's text
+    masking keeps (`model.text.token_dropout`) enter the encoder."""
     mlp = hidden_width(text.width, text.mlp_ratio)
-    blocks = text.depth * block_flops(text.context_length, text.width, mlp)
+    tokens = text.context_length
+    if train and text.get("token_dropout", 0.0):
+        tokens = kept_tokens(tokens, text.token_dropout)
+    blocks = text.depth * block_flops(tokens, text.width, mlp)
     return blocks + 2 * text.width * embed_dim
 
 
@@ -60,7 +66,7 @@ def forward_flops_per_example(model_cfg, batch_size: int, train: bool = False) -
     with the patch masking of training)."""
     e = model_cfg.embed_dim
     image = image_tower_flops(model_cfg.image, e, train)
-    return image + text_tower_flops(model_cfg.text, e) + 2 * batch_size * e
+    return image + text_tower_flops(model_cfg.text, e, train) + 2 * batch_size * e
 
 
 def counts_model(model_cfg) -> bool:

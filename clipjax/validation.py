@@ -57,7 +57,7 @@ def config_problems(
     problems += loss_problems(c.loss, family, c.model.get("logit_bias_init"), c.model.get("frozen"))
     problems += trainer_problems(c, family, has_images, reads_data)
     problems += _per_example_state(c, has_images)
-    problems += eval_problems(c.evals)
+    problems += eval_problems(c.evals, reads_data)
     if problems:
         return problems  # the mesh check divides by these sizes
     batches = [("train.batch_size", c.train.batch_size), *eval_batches(c.evals)]

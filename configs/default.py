@@ -111,6 +111,9 @@ def get_config(arg=None):
             # | eos: the first eos_id | cls: position 0 (BERT-style)
             pad_id=0,  # padding id, for pool="last"
             eos_id=-1,  # end-of-text id, for pool="eos"
+            # FLIP's text masking: the fraction of positions each training caption drops
+            # (padding first, then text at random; the pooled token stays); none at eval
+            token_dropout=0.0,
         )
     )
 
@@ -143,6 +146,9 @@ def get_config(arg=None):
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 128  # global
     c.train.steps = 1000
+    # the data budget, as papers state it: set, the recipes (clipjax/recipes.py) make
+    # train.steps follow samples_seen / batch_size; an explicit train.steps wins
+    c.train.samples_seen = None
     c.train.log_every = 50
     c.train.accum_steps = 1  # micro-batches per step; the loss still contrasts the whole batch
     # keep the batch in host memory (pinned_host) and move one micro-batch at a time to the

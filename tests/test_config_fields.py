@@ -25,14 +25,14 @@ from clipjax.validation import config_problems, validate
 SHIPPED = {
     "configs/default.py": (None, "tiny"),
     "configs/clip/tiny.py": (None,),
-    "configs/clip/vit_b32.py": (None,),
-    "configs/clip/vit_b16.py": (None, "improved"),
-    "configs/clip/vit_l14.py": (None,),
+    "configs/clip/vit_b32.py": (None, "smoke"),
+    "configs/clip/vit_b16.py": (None, "improved", "smoke"),
+    "configs/clip/vit_l14.py": (None, "smoke"),
     "configs/clip/isogclr.py": (None, "tiny"),
-    "configs/siglip/vit_b16.py": (None,),
-    "configs/align/efficientnet_b3.py": (None, "tiny"),
-    "configs/coca/base.py": (None, "tiny"),
-    "configs/lit/vit_b16.py": (None,),
+    "configs/siglip/vit_b16.py": (None, "tiny", "smoke"),
+    "configs/align/efficientnet_b3.py": (None, "tiny", "smoke"),
+    "configs/coca/base.py": (None, "tiny", "smoke"),
+    "configs/lit/vit_b16.py": (None, "smoke"),
     "configs/symile/xor.py": (None, "tiny", "pairwise"),
 }
 # Walked in the default suite; the others (each compiles a bigger program or runs
@@ -106,9 +106,22 @@ def set_leaves(group: ConfigDict, prefix: str = ""):
             yield id(group), key, path
 
 
+def image_folder(root: Path) -> Path:
+    """`root/val/<class>/*.png`: a stand-in for the recipes' ImageNet folder."""
+    from PIL import Image
+
+    for index, name in enumerate(("tench", "goldfish", "great_white_shark")):
+        (root / "val" / name).mkdir(parents=True, exist_ok=True)
+        for i in range(2):
+            Image.new("RGB", (20, 24), (80 * index, 40 * i, 90)).save(
+                root / "val" / name / f"{i}.png"
+            )
+    return root
+
+
 def shrink(config: ConfigDict, digits_cache: Path, init_from: str) -> None:
-    """Small values for every size, the digits as data: the same fields, a run of
-    seconds."""
+    """Small values for every size, the digits as data (and a small image folder for an
+    ImageNet eval): the same fields, a run of seconds."""
     overrides = [
         "train.steps=2",
         "train.batch_size=16",
@@ -146,6 +159,10 @@ def shrink(config: ConfigDict, digits_cache: Path, init_from: str) -> None:
     sources = [config.data.source, *(e.source for e in config.evals.values())]
     if "digits" in sources:  # the digits are built (or found) in the cache
         overrides.append(f"data.cache_dir={digits_cache}")
+    for name, entry in config.evals.items():
+        if entry.source == "image_folder" and not entry.dataset_dir:
+            folder = image_folder(digits_cache.parent / "imagenet_stand_in")
+            overrides.append(f"evals.{name}.dataset_dir={folder}")
     if config.data.source == "shards":
         train = digits_cache / next(p.name for p in digits_cache.iterdir() if p.is_dir()) / "train"
         overrides.append(f"data.train_shards={train}/{{00000..00002}}.tar")
@@ -159,13 +176,22 @@ def shrink(config: ConfigDict, digits_cache: Path, init_from: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def lit_tower(tmp_path_factory, digits_cache) -> str:
-    """A shrunk CLIP ViT-B/16 run: the checkpoint LiT's locked image tower loads."""
-    config = load_config("configs/clip/vit_b16.py")
-    shrink(config, digits_cache, "")
-    workdir = tmp_path_factory.mktemp("lit_tower")
-    loop.train(config, workdir)
-    return str(workdir / "checkpoints")
+def lit_towers(tmp_path_factory, digits_cache):
+    """`tower(spec, scan)`: a shrunk run of the CLIP config `spec`, its blocks scanned or
+    not: the checkpoint a LiT config's locked image tower loads."""
+    built = {}
+
+    def tower(spec: str, scan: bool) -> str:
+        if (spec, scan) not in built:
+            config = load_config(spec)
+            config.model.scan_layers = scan
+            shrink(config, digits_cache, "")
+            workdir = tmp_path_factory.mktemp("lit_tower")
+            loop.train(config, workdir)
+            built[spec, scan] = str(workdir / "checkpoints")
+        return built[spec, scan]
+
+    return tower
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -174,7 +200,10 @@ def test_every_field_of_a_shipped_config_is_read(
 ):
     config = load_config(spec)
     complete_evals(config)
-    init_from = request.getfixturevalue("lit_tower") if config.model.get("frozen") else ""
+    init_from = ""
+    if config.model.get("frozen"):  # the smoke variant has the tiny config's towers
+        clip = "configs/clip/vit_b16.py" + (":smoke" if spec.endswith(":smoke") else "")
+        init_from = request.getfixturevalue("lit_towers")(clip, config.model.scan_layers)
     shrink(config, digits_cache, init_from)
     with recording() as reads:
         real_validate = loop.validate

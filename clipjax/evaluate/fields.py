@@ -79,8 +79,9 @@ def drop_unread_defaults(config: ml_collections.ConfigDict) -> None:
                     del entry[field]
 
 
-def eval_problems(evals) -> list[str]:
-    """Every problem of the `evals` group's entries."""
+def eval_problems(evals, reads_data: bool = True) -> list[str]:
+    """Every problem of the `evals` group's entries; without `reads_data` (compiling
+    only) an entry need not name its dataset yet."""
     problems = []
     for name, e in evals.items():
         if not isinstance(e, ml_collections.ConfigDict):
@@ -97,11 +98,11 @@ def eval_problems(evals) -> list[str]:
                 if value not in allowed
             ]
             continue
-        problems += _entry_problems(name, e, kind, source)
+        problems += _entry_problems(name, e, kind, source, reads_data)
     return problems
 
 
-def _entry_problems(name: str, e, kind: str, source: str) -> list[str]:
+def _entry_problems(name: str, e, kind: str, source: str, reads_data: bool) -> list[str]:
     used = entry_fields(kind, source)
     unknown = sorted(set(e.keys()) - set(used) - {"kind", "source"})
     problems = []
@@ -110,7 +111,7 @@ def _entry_problems(name: str, e, kind: str, source: str) -> list[str]:
             f"evals.{name} has fields {unknown} that kind {kind!r} from source {source!r} "
             f"does not read; its fields: kind, source, {', '.join(used)}"
         )
-    for field in SOURCES[source].needs:
+    for field in SOURCES[source].needs if reads_data else ():
         if not eval_field(e, field):
             problems.append(f"evals.{name}.source={source!r} needs evals.{name}.{field}")
     for field in ("every", "batch_size", "limit"):

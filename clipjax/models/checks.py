@@ -45,7 +45,7 @@ IMAGE_FIELDS = {
 }
 _TEXT = {**_TOWER, "vocab_size": int, "context_length": int, "pad_id": int}
 TEXT_FIELDS = {
-    "clip": {**_TEXT, "causal": bool, "pool": str, "eos_id": int},
+    "clip": {**_TEXT, "causal": bool, "pool": str, "eos_id": int, "token_dropout": float},
     # CoCa's decoder is causal, pools at its appended CLS token and has
     # model.coca.unimodal_depth + multimodal_depth layers
     "coca": {k: t for k, t in _TEXT.items() if k != "depth"},
@@ -163,6 +163,8 @@ def _text(text, fields: dict[str, type], family: str) -> list[str]:
     if "pool" not in fields:
         return problems
     problems += choice("model.text.pool", text.pool, TEXT_POOLS)
+    if not 0 <= text.token_dropout < 1:
+        problems.append(f"model.text.token_dropout={text.token_dropout} must be in [0, 1)")
     if text.pool == "cls" and text.causal:
         problems.append(
             "model.text.pool='cls' needs model.text.causal=False: with a causal encoder "

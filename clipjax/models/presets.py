@@ -19,7 +19,7 @@ VIT_ONLY_FIELDS = (
 )
 # CoCa's decoder is causal, pools at its appended CLS token and takes its depth from
 # model.coca: the two-tower text fields that say otherwise do not apply
-COCA_UNUSED_TEXT_FIELDS = ("depth", "causal", "pool", "eos_id")
+COCA_UNUSED_TEXT_FIELDS = ("depth", "causal", "pool", "eos_id", "token_dropout")
 CLIP_VOCAB = 49408
 
 

@@ -26,6 +26,23 @@ def end_positions(tokens: jax.Array, pool: str, pad_id: int = 0, eos_id: int = -
     return jnp.argmax(tokens, axis=-1)
 
 
+def kept_tokens(length: int, token_dropout: float) -> int:
+    """How many of a caption's `length` positions FLIP's text masking keeps."""
+    return max(1, round(length * (1.0 - token_dropout)))
+
+
+def kept_token_indices(
+    keys: jax.Array, tokens: jax.Array, pooled: jax.Array, pad_id: int, keep: int
+) -> jax.Array:
+    """`[B, keep]` positions each caption keeps, in order: its pooled position always,
+    then padding is dropped before text (Li et al. 2023, FLIP: masking padding first),
+    the text tokens dropped at random."""
+    noise = jax.vmap(lambda key: jax.random.uniform(key, tokens.shape[1:]))(keys)
+    order = jnp.where(tokens == pad_id, 2.0 + noise, noise)  # larger: dropped first
+    order = jnp.where(jnp.arange(tokens.shape[1]) == pooled[:, None], -1.0, order)
+    return jnp.sort(jnp.argsort(order, axis=-1)[:, :keep], axis=-1)
+
+
 def text_embeddings(cfg, *, dtype, param_dtype, rngs: nnx.Rngs) -> tuple[nnx.Embed, nnx.Param]:
     """Token embeddings `[vocab, width]` and learned positions `[context_length, width]`."""
     token_embed = nnx.Embed(
@@ -80,9 +97,21 @@ class TextTransformer(nnx.Module):
         self.proj = projection(width, embed_dim, **kw)
         self.pad_id = cfg.get("pad_id", 0)
         self.eos_id = cfg.get("eos_id", -1)
+        self.token_dropout = cfg.get("token_dropout", 0.0)
 
-    def __call__(self, tokens: jax.Array) -> jax.Array:
+    def masks_inputs(self) -> bool:
+        return self.token_dropout > 0
+
+    def __call__(self, tokens: jax.Array, keys: jax.Array | None = None) -> jax.Array:
+        """`keys` (training with `token_dropout`): one per caption, drawing the positions
+        it keeps after the position embedding; None keeps every token."""
         x = embed_tokens(self.token_embed, self.pos_embed, tokens)
+        if keys is not None:
+            pooled = end_positions(tokens, self.pool, self.pad_id, self.eos_id)
+            keep = kept_tokens(tokens.shape[1], self.token_dropout)
+            kept = kept_token_indices(keys, tokens, pooled, self.pad_id, keep)
+            x = jnp.take_along_axis(x, kept[:, :, None], axis=1)
+            tokens = jnp.take_along_axis(tokens, kept, axis=1)
         # Key padding mask [B, 1, 1, L]; the causal mask already hides later padding.
         mask = None if self.causal else (tokens != self.pad_id)[:, None, None, :]
         x = self.ln_final(self.encoder(x, causal=self.causal, mask=mask))

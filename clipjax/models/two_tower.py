@@ -16,6 +16,7 @@ from clipjax.models.vit import VisionTransformer, masking_keys
 # The log-scale is clamped to [0, ln 100] after each update (see train.step).
 MAX_LOG_SCALE = math.log(100.0)
 
+TEXT_MASK_STREAM = 1  # the text tower's masks: a stream apart from the image tower's
 IMAGE_TOWERS = {"vit": VisionTransformer, "efficientnet": EfficientNet}
 
 
@@ -74,13 +75,16 @@ class TwoTower(nnx.Module):
 
     def train_outputs(self, batch: dict[str, jax.Array], rng: jax.Array | None = None) -> dict:
         """What the train step needs: L2-normalised float32 embeddings by modality; `rng`
-        draws the image tower's patch masks (FLIP), per example from `batch["row"]`."""
+        draws the image tower's patch masks and the text tower's token masks (FLIP), per
+        example from `batch["row"]`."""
         keys = masking_keys(self.image, batch, rng)
         image = self.image(batch["image"]) if keys is None else self.image(batch["image"], keys)
+        text_rng = None if rng is None else jax.random.fold_in(rng, TEXT_MASK_STREAM)
+        keys = masking_keys(self.text, batch, text_rng)
         return {
             "embeddings": {
                 "image": l2_normalize(image),
-                "text": self.encode_text(batch["text"]),
+                "text": l2_normalize(self.text(batch["text"], keys)),
             }
         }
 

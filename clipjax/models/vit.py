@@ -31,12 +31,12 @@ def example_keys(rng: jax.Array, rows: jax.Array) -> jax.Array:
 
 
 def masking_keys(tower, batch: dict, rng: jax.Array | None) -> jax.Array | None:
-    """Per-example keys for `tower`'s patch masking in a train step (`rng` given, the
-    batch's global `row` indices present), or None: no masking."""
-    if rng is None or not getattr(tower, "masks_patches", lambda: False)():
+    """Per-example keys for `tower`'s patch or token masking in a train step (`rng`
+    given, the batch's global `row` indices present), or None: no masking."""
+    if rng is None or not getattr(tower, "masks_inputs", lambda: False)():
         return None
     if "row" not in batch:
-        raise ValueError("patch dropout needs the batch's global row indices under 'row'")
+        raise ValueError("FLIP's masking needs the batch's global row indices under 'row'")
     return example_keys(rng, batch["row"])
 
 
@@ -109,7 +109,7 @@ class VisionTransformer(nnx.Module):
         keep = kept_patch_indices(keys, x.shape[1], kept_patches(x.shape[1], self.patch_dropout))
         return jnp.take_along_axis(x, keep[..., None], axis=1)
 
-    def masks_patches(self) -> bool:
+    def masks_inputs(self) -> bool:
         """Whether training drops patch tokens (`model.image.patch_dropout` > 0)."""
         return self.patch_dropout > 0
 

@@ -36,7 +36,9 @@ def trainer_problems(c, family: str, has_images: bool, reads_data: bool = True) 
     whether the data gives images; without `reads_data`, `init_from` need not exist."""
     problems = type_problems(c, "config", {"seed": int})
     problems += type_problems(c.train, "train", TRAIN_FIELDS)
-    problems += type_problems(c.train, "train", {"peak_tflops": float}, optional=True)
+    problems += type_problems(
+        c.train, "train", {"peak_tflops": float, "samples_seen": int}, optional=True
+    )
     problems += type_problems(c.checkpoint, "checkpoint", CHECKPOINT_FIELDS)
     problems += type_problems(c.distributed, "distributed", DISTRIBUTED_FIELDS)
     problems += type_problems(c.optim, "optim", _OPTIM_COMMON)
@@ -97,8 +99,9 @@ def _train(t, family: str, has_images: bool, image_size: int | None) -> list[str
     problems += check_policy(t.on_nonfinite, t.max_skipped_in_a_row)
     problems += check_watchdog(t.stall_timeout, t.preemption_grace)
     problems += profile_problems(tuple(t.profile_steps), t.steps)
-    if t.get("peak_tflops") is not None:
-        problems += positive("train.peak_tflops", t.peak_tflops)
+    for field in ("peak_tflops", "samples_seen"):
+        if t.get(field) is not None:
+            problems += positive(f"train.{field}", t[field])
     if t.host_batch and not has_images:
         problems.append("train.host_batch=True keeps images in host memory; this data has none")
     elif t.host_batch and isinstance(image_size, int) and image_size % 2:

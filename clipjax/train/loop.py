@@ -100,6 +100,22 @@ def archive_metrics(workdir: Path) -> None:
         old.rename(workdir / f"metrics.previous-{index}.jsonl")
 
 
+def note_budget(train_cfg) -> None:
+    """Says when an explicit `train.steps` overrides the data budget `train.samples_seen`
+    (a smoke run, or a shortened schedule): the run then trains another number of samples."""
+    seen = train_cfg.get("samples_seen")
+    planned = train_cfg.steps * train_cfg.batch_size
+    if seen is not None and not 0 <= planned - seen < train_cfg.batch_size:
+        log.warning(
+            "training %s samples (train.steps=%d x train.batch_size=%d), not "
+            "train.samples_seen=%s: train.steps was set",
+            f"{planned:,}",
+            train_cfg.steps,
+            train_cfg.batch_size,
+            f"{seen:,}",
+        )
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) -> TrainResult:
     """Trains `config` in `workdir` on `devices` (default: all), resuming from the
     workdir's latest checkpoint, and returns the outcome."""
@@ -107,6 +123,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
     workdir = Path(workdir)
     devices = list(jax.devices() if devices is None else devices)
     validate(config, len(devices), jax.process_count())
+    note_budget(config.train)
     if jax.process_index() == 0:  # the files in workdir are process 0's; checkpoints are all's
         save_config(config, workdir)
 
