@@ -195,6 +195,7 @@ def smoke_variant(
     smoke.checkpoint.every = 0
     warmup = 0 if recipe_config.optim.warmup_steps == 0 else 2
     smoke.optim.warmup_steps = warmup
-    if smoke.optim.schedule == "constant_cooldown":
-        smoke.optim.cooldown_steps = smoke.train.steps - warmup
+    if smoke.optim.schedule == "constant_cooldown":  # the linear decay to the end
+        steps, warmup = smoke.train.get_ref("steps"), smoke.optim.get_ref("warmup_steps")
+        smoke.optim.cooldown_steps = steps - warmup
     return smoke
