@@ -260,7 +260,9 @@ def test_coca_refuses_the_two_tower_text_fields_it_does_not_read():
         "model.text.token_dropout are not used by model.name='coca'"
     )
     assert "--config.model.text.causal=None" in problems[0]
-    apply_overrides(config, [f"model.text.{f}=None" for f in ("causal", "depth", "eos_id")])
+    apply_overrides(
+        config, [f"model.text.{f}=None" for f in ("causal", "depth", "eos_id", "token_dropout")]
+    )
     apply_overrides(config, ["model.text.pool=''"])  # a text field: '' is "not given"
     assert config_problems(config, 8, 1, reads_data=False) == []
 
