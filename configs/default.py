@@ -75,8 +75,8 @@ def get_config(arg=None):
     c.model.param_dtype = "float32"
     c.model.scan_layers = False  # stack blocks on a `layers` axis and nnx.scan over them
     c.model.remat = "none"  # none | full | dots: what a block keeps for the backward pass
-    # xla | cudnn (GPU, bf16) | flash (TPU Pallas kernel) | auto: flash on TPU, cudnn on
-    # GPU with bf16 compute, else xla (clipjax/models/attention.py)
+    # xla | cudnn (GPU, bf16) | flash (TPU Pallas kernel) | auto: flash on TPU, else xla
+    # (clipjax/models/attention.py)
     c.model.attention = "auto"
     c.model.frozen = ()  # top-level parameter groups never updated, e.g. ("image",) for LiT
     c.model.image = ml_collections.ConfigDict(

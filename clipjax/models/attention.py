@@ -6,7 +6,9 @@ over the step's batch (and heads) axes, since XLA cannot partition a Mosaic kern
 - "cudnn": its cuDNN fused kernel (GPUs, bf16 or fp16 compute);
 - "flash": the TPU flash attention kernel of jax's own Pallas ops
   (`jax.experimental.pallas.ops.tpu.flash_attention`);
-- "auto": "flash" on TPU, "cudnn" on GPU with bf16/fp16 compute, "xla" otherwise.
+- "auto": "flash" on TPU, "xla" elsewhere. Not cuDNN on GPUs: tracing its kernel needs
+  the cuDNN library, which `clipjax compile --topology=h100x8` on a machine without
+  CUDA's libraries lacks ("cuDNN not found"); choose "cudnn" on a GPU machine.
 """
 
 from __future__ import annotations
@@ -35,9 +37,7 @@ def resolve_attention(choice: str, platform: str, dtype: str) -> str:
         raise ValueError(f"model.attention={choice!r} is not one of {ATTENTION_CHOICES}")
     gpu = platform in ("gpu", "cuda", "rocm")
     if choice == "auto":
-        if platform == "tpu":
-            return "flash"
-        return "cudnn" if gpu and dtype in _HALF else "xla"
+        return "flash" if platform == "tpu" else "xla"
     if choice == "flash" and platform != "tpu":
         raise ValueError(
             f"model.attention='flash' is a TPU kernel; these devices are {platform!r}: "
