@@ -142,3 +142,15 @@ def test_a_train_step_with_flash_equals_xla_on_a_data_x_tensor_mesh():
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads, grads_ref
     )
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
+@pytest.mark.parametrize("causal", [False, True])
+def test_cudnn_equals_xla_on_a_gpu(causal):
+    """Runs only where a GPU is present (this project's CI has none)."""
+    q, k, v = (x.astype(jnp.bfloat16) for x in _qkv(2, 64, 64, 2, 64))
+    out, grads = _values_and_grads("cudnn", q, k, v, None, causal)
+    out_ref, grads_ref = _values_and_grads("xla", q, k, v, None, causal)
+    np.testing.assert_allclose(np.float32(out), np.float32(out_ref), atol=2e-2)
+    for got, want in zip(grads, grads_ref, strict=True):
+        np.testing.assert_allclose(np.float32(got), np.float32(want), atol=5e-2)
