@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from clipjax.config import ConfigError
 from clipjax.parallel import step_partitioning
 
 ATTENTION_CHOICES = ("xla", "cudnn", "flash", "auto")
@@ -32,19 +33,20 @@ KEY_MULTIPLE = 128
 
 def resolve_attention(choice: str, platform: str, dtype: str) -> str:
     """The implementation `choice` means on `platform` ("cpu", "gpu"/"cuda", "tpu") for
-    compute in `dtype`; a choice the platform cannot run raises ValueError."""
+    compute in `dtype`; a choice the platform cannot run raises ConfigError (a
+    ValueError): `clipjax train` prints it and exits 2."""
     if choice not in ATTENTION_CHOICES:
-        raise ValueError(f"model.attention={choice!r} is not one of {ATTENTION_CHOICES}")
+        raise ConfigError(f"model.attention={choice!r} is not one of {ATTENTION_CHOICES}")
     gpu = platform in ("gpu", "cuda", "rocm")
     if choice == "auto":
         return "flash" if platform == "tpu" else "xla"
     if choice == "flash" and platform != "tpu":
-        raise ValueError(
+        raise ConfigError(
             f"model.attention='flash' is a TPU kernel; these devices are {platform!r}: "
             "use 'xla' or 'auto'"
         )
     if choice == "cudnn" and not (gpu and dtype in _HALF):
-        raise ValueError(
+        raise ConfigError(
             f"model.attention='cudnn' needs GPUs and model.dtype in {_HALF}; got "
             f"{platform!r} devices and model.dtype={dtype!r}: use 'xla' or 'auto'"
         )
