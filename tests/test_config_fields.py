@@ -339,3 +339,14 @@ def test_an_eval_entry_refuses_the_fields_its_kind_and_source_do_not_read():
         ["kind", "source", "split", "every", "batch_size", "templates_file", "classnames_file"]
     )
     assert eval_problems(saved.evals) == []
+
+
+def test_a_config_saved_before_the_newer_fields_existed_still_validates():
+    """An older workdir's config.json lacks the fields added since (attention choice,
+    text masking, data budget, peak, profile window): absent means off, as it ran."""
+    config = load_config("configs/default.py:tiny")
+    with config.unlocked():
+        del config.model["attention"], config.model.text["token_dropout"]
+        for field in ("samples_seen", "peak_tflops", "profile_steps"):
+            del config.train[field]
+    assert config_problems(config, 8, 1, reads_data=False) == []

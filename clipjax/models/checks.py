@@ -45,11 +45,13 @@ IMAGE_FIELDS = {
 }
 _TEXT = {**_TOWER, "vocab_size": int, "context_length": int, "pad_id": int}
 TEXT_FIELDS = {
-    "clip": {**_TEXT, "causal": bool, "pool": str, "eos_id": int, "token_dropout": float},
+    "clip": {**_TEXT, "causal": bool, "pool": str, "eos_id": int},
     # CoCa's decoder is causal, pools at its appended CLS token and has
     # model.coca.unimodal_depth + multimodal_depth layers
     "coca": {k: t for k, t in _TEXT.items() if k != "depth"},
 }
+# Fields added after configs were first saved: absent (an older config.json) means off
+TEXT_OPTIONAL = {"clip": {"token_dropout": float}, "coca": {}}
 COCA_DEPTHS = ("unimodal_depth", "multimodal_depth", "decoder_queries", "pool_heads")
 COCA_FIELDS = {
     **{name: int for name in COCA_DEPTHS},
@@ -74,8 +76,10 @@ def model_problems(model, image_size: int | None) -> list[str]:
     problems += type_problems(model, "model", _COMMON)
     problems += type_problems(model, "model", _OPTIONAL, optional=True)
     if name not in NO_ATTENTION:
-        problems += type_problems(model, "model", {"attention": str})
-        problems += choice("model.attention", model.get("attention"), ATTENTION_CHOICES)
+        # absent in configs saved before it existed: XLA's attention, as they ran
+        problems += type_problems(model, "model", {"attention": str}, optional=True)
+        if model.get("attention") is not None:
+            problems += choice("model.attention", model.attention, ATTENTION_CHOICES)
     missing = [
         g for g in FAMILY_GROUPS[name] if not isinstance(model.get(g), ml_collections.ConfigDict)
     ]
@@ -90,7 +94,7 @@ def model_problems(model, image_size: int | None) -> list[str]:
     if name == "symile":
         return problems + _symile(model)
     problems += _image(model.image, image_size, name)
-    problems += _text(model.text, TEXT_FIELDS[name], name)
+    problems += _text(model.text, TEXT_FIELDS[name], TEXT_OPTIONAL[name], name)
     if name == "coca":
         problems += _coca(model)
     return problems + _frozen(model, ("image", "text"))
@@ -152,9 +156,11 @@ def _efficientnet(image) -> list[str]:
     return problems
 
 
-def _text(text, fields: dict[str, type], family: str) -> list[str]:
-    problems = unused_fields(text, "model.text", fields, f"by model.name={family!r}")
+def _text(text, fields: dict[str, type], optional: dict[str, type], family: str) -> list[str]:
+    used = {**fields, **optional}
+    problems = unused_fields(text, "model.text", used, f"by model.name={family!r}")
     problems += type_problems(text, "model.text", fields)
+    problems += type_problems(text, "model.text", optional, optional=True)
     if problems:
         return problems
     problems += choice("model.text.act", text.act, ACTIVATIONS)
@@ -163,7 +169,7 @@ def _text(text, fields: dict[str, type], family: str) -> list[str]:
     if "pool" not in fields:
         return problems
     problems += choice("model.text.pool", text.pool, TEXT_POOLS)
-    if not 0 <= text.token_dropout < 1:
+    if not 0 <= (text.get("token_dropout") or 0.0) < 1:
         problems.append(f"model.text.token_dropout={text.token_dropout} must be in [0, 1)")
     if text.pool == "cls" and text.causal:
         problems.append(

@@ -21,8 +21,9 @@ TRAIN_FIELDS = {
     "max_skipped_in_a_row": int,
     "stall_timeout": float,
     "preemption_grace": float,
-    "profile_steps": tuple,
 }
+# Fields added after configs were first saved: absent (an older config.json) means unset
+TRAIN_OPTIONAL = {"peak_tflops": float, "samples_seen": int, "profile_steps": tuple}
 CHECKPOINT_FIELDS = {"every": int, "keep": int, "keep_period": int, "async_save": bool}
 DISTRIBUTED_FIELDS = {"init_timeout": int, "heartbeat_timeout": int, "shutdown_timeout": int}
 _OPTIM_COMMON = {
@@ -36,9 +37,7 @@ def trainer_problems(c, family: str, has_images: bool, reads_data: bool = True) 
     whether the data gives images; without `reads_data`, `init_from` need not exist."""
     problems = type_problems(c, "config", {"seed": int})
     problems += type_problems(c.train, "train", TRAIN_FIELDS)
-    problems += type_problems(
-        c.train, "train", {"peak_tflops": float, "samples_seen": int}, optional=True
-    )
+    problems += type_problems(c.train, "train", TRAIN_OPTIONAL, optional=True)
     problems += type_problems(c.checkpoint, "checkpoint", CHECKPOINT_FIELDS)
     problems += type_problems(c.distributed, "distributed", DISTRIBUTED_FIELDS)
     problems += type_problems(c.optim, "optim", _OPTIM_COMMON)
@@ -98,7 +97,7 @@ def _train(t, family: str, has_images: bool, image_size: int | None) -> list[str
         )
     problems += check_policy(t.on_nonfinite, t.max_skipped_in_a_row)
     problems += check_watchdog(t.stall_timeout, t.preemption_grace)
-    problems += profile_problems(tuple(t.profile_steps), t.steps)
+    problems += profile_problems(tuple(t.get("profile_steps") or ()), t.steps)
     for field in ("peak_tflops", "samples_seen"):
         if t.get(field) is not None:
             problems += positive(f"train.{field}", t[field])
