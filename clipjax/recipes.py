@@ -136,8 +136,8 @@ def _optimizer(o: ml_collections.ConfigDict, recipe: Recipe) -> None:
     o.lr = recipe.lr
     o.weight_decay = recipe.weight_decay
     o.b1 = recipe.b1
-    o.b2 = recipe.b2 if recipe.optimizer != "adafactor" else None
-    o.eps = recipe.eps if recipe.optimizer in ("adamw", "lamb") else None
+    o.b2 = recipe.b2
+    o.eps = recipe.eps
 
 
 def _schedule(config: ml_collections.ConfigDict, recipe: Recipe) -> None:
@@ -179,7 +179,7 @@ def smoke_variant(
     and digits eval, with the recipe's optimizer, schedule shape, bf16 compute, scanned
     remat blocks, attention choice and loss, for a few steps on one CPU."""
     smoke = recipe_config.copy_and_resolve_references()
-    for group in ("data", "tokenizer", "evals", "init_from", "init_parts"):
+    for group in ("data", "tokenizer", "init_from", "init_parts"):
         if group in tiny:
             smoke[group] = tiny[group]
     kept = {k: recipe_config.model[k] for k in ("dtype", "scan_layers", "remat", "attention")}

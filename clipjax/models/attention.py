@@ -139,19 +139,14 @@ def _sharded_flash(q, k, v, mask, causal: bool):
         return flash(q, k, v, mask, causal)
     mesh, batch, heads = active
     rows = P(batch, None, heads, None)
-    if mask is None:
-        return jax.shard_map(
-            lambda q, k, v: flash(q, k, v, None, causal),
-            mesh=mesh,
-            in_specs=(rows, rows, rows),
-            out_specs=rows,
-            check_vma=False,
-        )(q, k, v)
-    mask = jnp.broadcast_to(mask, (q.shape[0], *mask.shape[1:]))
+    arrays, specs = [q, k, v], [rows, rows, rows]
+    if mask is not None:  # per example: its rows go with them
+        arrays.append(jnp.broadcast_to(mask, (q.shape[0], *mask.shape[1:])))
+        specs.append(P(batch, None, None, None))
     return jax.shard_map(
-        lambda q, k, v, m: flash(q, k, v, m, causal),
+        lambda q, k, v, m=None: flash(q, k, v, m, causal),
         mesh=mesh,
-        in_specs=(rows, rows, rows, P(batch, None, None, None)),
+        in_specs=tuple(specs),
         out_specs=rows,
         check_vma=False,
-    )(q, k, v, mask)
+    )(*arrays)

@@ -167,9 +167,18 @@ def _setup(config, workdir: Path, devices, watchdog: Watchdog):
     batches = Prefetch(iter(batch_source(config, tokenizer, stats, loader_state)))
     evaluator = Evaluator(config, plan.spec, tokenizer, sharding_for, plan.shardings.params)
     result = TrainResult(steps=config.train.steps, wall_seconds=0.0, start_step=start)
-    run = _Run(config, program, batches, evaluator, stats, checkpoints, result, watchdog)
-    run.utilisation = utilisation_for(config, devices)
-    run.profile = ProfileWindow(tuple(config.train.get("profile_steps", ())), workdir)
+    run = _Run(
+        config,
+        program,
+        batches,
+        evaluator,
+        stats,
+        checkpoints,
+        result,
+        watchdog,
+        utilisation_for(config, devices),
+        ProfileWindow(tuple(config.train.get("profile_steps", ())), workdir),
+    )
     return run, state, start
 
 
@@ -183,8 +192,8 @@ class _Run:
     checkpoints: Checkpoints
     result: TrainResult
     watchdog: Watchdog
-    utilisation: Utilisation | None = None
-    profile: ProfileWindow = field(default_factory=lambda: ProfileWindow((), Path(".")))
+    utilisation: Utilisation | None
+    profile: ProfileWindow
     clock: StepClock = field(default_factory=StepClock)
 
     def loop(self, state, start: int, writer: MetricWriter, watch: PreemptionWatch):

@@ -74,8 +74,8 @@ def build_optimizer(
 
 def _trainable_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     schedule = learning_rate_schedule(cfg, total_steps)
-    if cfg.name == "adamw":
-        core = optax.adamw(
+    if cfg.name in ("adamw", "lamb"):  # LAMB: Adam's moments, a trust ratio per layer
+        core = (optax.adamw if cfg.name == "adamw" else optax.lamb)(
             schedule,
             b1=cfg.b1,
             b2=cfg.b2,
@@ -93,15 +93,6 @@ def _trainable_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
             momentum=cfg.get("b1"),
             weight_decay_rate=cfg.weight_decay or None,
             weight_decay_mask=decay_mask,
-        )
-    elif cfg.name == "lamb":
-        core = optax.lamb(
-            schedule,
-            b1=cfg.b1,
-            b2=cfg.b2,
-            eps=cfg.eps,
-            weight_decay=cfg.weight_decay,
-            mask=decay_mask,
         )
     else:
         raise ValueError(f"optim.name={cfg.name!r} is unknown; expected one of {OPTIMIZERS}")
