@@ -4,7 +4,8 @@ clipjax train [--config=FILE.py[:variant]] [--workdir=DIR] [--config.a.b=value .
               [--distributed=auto|off|jax] [--coordinator_address=H:P --num_processes=N
               --process_id=I]   (one of several processes: see launch/)
 clipjax eval [--config=FILE.py[:variant]] (--checkpoint=DIR [--step=N] | --hf=DIR |
-             --open-clip=FILE [--act=quick_gelu] [--image-heads=N]) [--out=metrics.json]
+             --open-clip=FILE (--open-clip-config=JSON | --act=A --image-heads=N
+             --text-heads=N)) [--out=metrics.json]
 clipjax shards (--from-folder DIR | --from-csv FILE | --from-digits) --out DIR
 clipjax convert --checkpoint=WORKDIR_OR_CHECKPOINT_DIR --out=DIR [--step=N] [--format=...]
 clipjax compile --config=FILE.py[:variant] --topology=v5p-512 [--slices=N] [--out=report.json]
@@ -124,13 +125,20 @@ def _eval_parser(commands) -> None:
     )
     ev.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     ev.add_argument(
+        "--open-clip-config",
+        dest="open_clip_config",
+        help="open_clip only: the model's open_clip config JSON (open_clip/model_configs/"
+        "NAME.json), which says the head counts and activation the weights do not store",
+    )
+    ev.add_argument(
         "--act",
         choices=("gelu", "quick_gelu"),
-        default="gelu",
-        help="open_clip only: the towers' activation (quick_gelu for OpenAI and -quickgelu models)",
+        default=None,
+        help="open_clip without --open-clip-config: the towers' activation (quick_gelu for "
+        "OpenAI and -quickgelu models)",
     )
-    ev.add_argument("--image-heads", type=int, help="open_clip only (default: width / 64)")
-    ev.add_argument("--text-heads", type=int, help="open_clip only (default: width / 64)")
+    ev.add_argument("--image-heads", type=int, help="open_clip without --open-clip-config")
+    ev.add_argument("--text-heads", type=int, help="open_clip without --open-clip-config")
     ev.add_argument("--out", help="also write the metrics to this JSON file")
 
 
@@ -199,6 +207,7 @@ def _eval(args, overrides: list[str]) -> int:
         step=args.step,
         hf=args.hf or "",
         open_clip=args.open_clip or "",
+        open_clip_config=args.open_clip_config or "",
         act=args.act,
         image_heads=args.image_heads,
         text_heads=args.text_heads,

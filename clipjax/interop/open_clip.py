@@ -2,9 +2,9 @@
 
 open_clip's `CLIP` keeps the OpenAI names (`visual.conv1.weight`,
 `transformer.resblocks.0.attn.in_proj_weight`, `text_projection`, ...). They are
-renamed to the HF layout and imported by `hf_clip`. Head counts are not stored
-in a state dict: both towers default to open_clip's 64-wide heads, except the
-ViT-H/g/bigG image towers (16 heads); other widths need the count given.
+renamed to the HF layout and imported by `hf_clip`. Head counts and the
+activation are not stored in a state dict: they come from open_clip's model-config
+JSON or are given (`open_clip_config.resolve_open_clip_shape`), never guessed.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ import ml_collections
 import numpy as np
 
 from clipjax.interop.hf_clip import params_from_hf
+from clipjax.interop.open_clip_config import (
+    OpenClipShape,
+    read_open_clip_config,
+    resolve_open_clip_shape,
+)
 
-HEAD_WIDTH = 64  # open_clip's default head width for both towers
-# Image towers whose published configs use other head widths (ViT-H/g/bigG: 80/88/104).
-IMAGE_HEADS_BY_WIDTH = {1280: 16, 1408: 16, 1664: 16}
 IGNORED = ("attn_mask", "input_resolution", "context_length", "vocab_size")
 _BLOCK = re.compile(r"^(visual\.)?transformer\.resblocks\.(\d+)\.(.+)$")
 _BLOCK_NAMES = {
@@ -99,21 +101,21 @@ def _depth(state: dict, visual: bool) -> int:
     return max(layers) + 1 if layers else 0
 
 
-def model_config_from_open_clip(
-    state: dict[str, np.ndarray],
-    base: ml_collections.ConfigDict,
-    act: str,
-    image_heads: int | None = None,
-    text_heads: int | None = None,
-) -> ml_collections.ConfigDict:
-    """The clipjax model config a plain open_clip `CLIP` state dict implies. `act` is
-    not stored in the weights: "quick_gelu" for OpenAI's and `-quickgelu` models."""
+def check_plain_clip(state: dict[str, np.ndarray]) -> None:
     if "visual.conv1.weight" not in state or "token_embedding.weight" not in state:
         raise ValueError(
             "not an open_clip CLIP state dict with a ViT image tower and a text transformer "
             "(no visual.conv1.weight / token_embedding.weight); timm, ModifiedResNet and "
             "HF-text towers are not supported"
         )
+
+
+def model_config_from_open_clip(
+    state: dict[str, np.ndarray], base: ml_collections.ConfigDict, shape: OpenClipShape
+) -> ml_collections.ConfigDict:
+    """The clipjax model config a plain open_clip `CLIP` state dict implies, with the
+    head counts and activation `shape` gives."""
+    check_plain_clip(state)
     conv = state["visual.conv1.weight"]
     width, patch = conv.shape[0], conv.shape[-1]
     grid = math.isqrt(state["visual.positional_embedding"].shape[0] - 1)
@@ -130,9 +132,9 @@ def model_config_from_open_clip(
             patch_size=int(patch),
             width=int(width),
             depth=_depth(state, True),
-            heads=image_heads or IMAGE_HEADS_BY_WIDTH.get(width, width // HEAD_WIDTH),
+            heads=shape.image_heads,
             mlp_ratio=mlp / width,
-            act=act,
+            act=shape.act,
             pool="cls",
             ln_pre=True,
             patch_bias=False,
@@ -144,9 +146,9 @@ def model_config_from_open_clip(
             context_length=int(state["positional_embedding"].shape[0]),
             width=int(text_width),
             depth=_depth(state, False),
-            heads=text_heads or text_width // HEAD_WIDTH,
+            heads=shape.text_heads,
             mlp_ratio=text_mlp / text_width,
-            act=act,
+            act=shape.act,
             pool="argmax",
             eos_id=-1,
         )
@@ -167,11 +169,22 @@ def params_from_open_clip(state: dict[str, np.ndarray], model_cfg, source: str) 
 
 
 def load_open_clip(
-    path, base: ml_collections.ConfigDict, act: str, image_heads=None, text_heads=None
+    path,
+    base: ml_collections.ConfigDict,
+    config=None,
+    act: str | None = None,
+    image_heads: int | None = None,
+    text_heads: int | None = None,
 ) -> tuple[ml_collections.ConfigDict, dict]:
-    """(clipjax model config, unrolled flat params) of an open_clip state dict file."""
+    """(clipjax model config, unrolled flat params) of an open_clip state dict file;
+    `config`: open_clip's model-config JSON (a path or its parsed dict), or None with
+    `act`, `image_heads` and `text_heads` all given."""
     from clipjax.interop.state_dicts import read_state_dict
 
     state = read_state_dict(path)
-    model_cfg = model_config_from_open_clip(state, base, act, image_heads, text_heads)
+    check_plain_clip(state)
+    if config is not None and not isinstance(config, dict):
+        config = read_open_clip_config(config)
+    shape = resolve_open_clip_shape(state, config, act, image_heads, text_heads)
+    model_cfg = model_config_from_open_clip(state, base, shape)
     return model_cfg, params_from_open_clip(state, model_cfg, str(path))
