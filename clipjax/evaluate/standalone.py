@@ -18,13 +18,15 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 @dataclass(frozen=True)
 class WeightsSource:
     """Where the params come from: a clipjax checkpoint, an HF directory or an
-    open_clip state dict (with what its file cannot say: activation, head counts)."""
+    open_clip state dict (with what its file cannot say, activation and head counts:
+    from open_clip's model-config JSON or given)."""
 
     checkpoint: str = ""
     step: int | None = None
     hf: str = ""
     open_clip: str = ""
-    act: str = "gelu"
+    open_clip_config: str = ""
+    act: str | None = None
     image_heads: int | None = None
     text_heads: int | None = None
 
@@ -69,7 +71,9 @@ def check_flags(args) -> None:
     if args.step is not None and not args.checkpoint:
         raise ValueError("--step applies to --checkpoint only")
     given = [
-        f for f in ("act", "image_heads", "text_heads") if getattr(args, f) not in (None, "gelu")
+        f
+        for f in ("open_clip_config", "act", "image_heads", "text_heads")
+        if getattr(args, f) is not None
     ]
     if given and not args.open_clip:
         flags = ", ".join("--" + f.replace("_", "-") for f in given)
@@ -79,25 +83,36 @@ def check_flags(args) -> None:
 def check_config(config: ml_collections.ConfigDict, imported: bool) -> None:
     """The evals fit the devices, and imported weights get a tokenizer that fits them."""
     from clipjax.config import ConfigError
-    from clipjax.models.presets import CLIP_VOCAB
     from clipjax.validation import eval_config_problems
 
     problems = eval_config_problems(config, jax.device_count())
-    text = config.model.text
-    if imported and config.tokenizer.kind == "clip":
-        if text.vocab_size != CLIP_VOCAB:
-            problems.append(
-                f"the imported text tower has {text.vocab_size} token ids, not CLIP BPE's "
-                f"{CLIP_VOCAB}: set --config.tokenizer.kind and --config.tokenizer.path to "
-                "the tokenizer it was trained with"
-            )
-        if text.pool == "eos" and text.eos_id != CLIP_VOCAB - 1:
-            problems.append(
-                f"the imported text tower ends sequences with id {text.eos_id}, not CLIP BPE's "
-                f"{CLIP_VOCAB - 1}: set --config.tokenizer.* to its tokenizer"
-            )
+    if imported:
+        problems += imported_tokenizer_problems(config)
     if problems:
         raise ConfigError("cannot evaluate:\n  - " + "\n  - ".join(problems))
+
+
+def imported_tokenizer_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """Why CLIP BPE (what imports get by default) cannot tokenize for the imported
+    text tower, if it cannot."""
+    from clipjax.models.presets import CLIP_VOCAB
+
+    text = config.model.text
+    if config.tokenizer.kind != "clip":
+        return []
+    problems = []
+    if text.vocab_size != CLIP_VOCAB:
+        problems.append(
+            f"the imported text tower has {text.vocab_size} token ids, not CLIP BPE's "
+            f"{CLIP_VOCAB}: set --config.tokenizer.kind and --config.tokenizer.path to "
+            "the tokenizer it was trained with"
+        )
+    if text.pool == "eos" and text.eos_id != CLIP_VOCAB - 1:
+        problems.append(
+            f"the imported text tower ends sequences with id {text.eos_id}, not CLIP BPE's "
+            f"{CLIP_VOCAB - 1}: set --config.tokenizer.* to its tokenizer"
+        )
+    return problems
 
 
 def imported_params(config: ml_collections.ConfigDict, source: WeightsSource) -> dict:
@@ -110,7 +125,12 @@ def imported_params(config: ml_collections.ConfigDict, source: WeightsSource) ->
         model_cfg, params = load_hf_clip(source.hf, config.model)
     else:
         model_cfg, params = load_open_clip(
-            source.open_clip, config.model, source.act, source.image_heads, source.text_heads
+            source.open_clip,
+            config.model,
+            source.open_clip_config or None,
+            source.act,
+            source.image_heads,
+            source.text_heads,
         )
     with config.unlocked():
         config.model = model_cfg

@@ -216,8 +216,16 @@ class CoCa(nnx.Module):
     def _decoder_context(self, tokens: jax.Array) -> jax.Array:
         return self.caption_context(self.caption_pool(tokens))
 
+    def image_features(self, images: jax.Array) -> jax.Array:
+        """The contrastive image embedding before L2 normalisation."""
+        return self._image_embedding(self.image.tokens(images))
+
+    def text_features(self, tokens: jax.Array) -> jax.Array:
+        """The contrastive text embedding before L2 normalisation."""
+        return self.text(tokens)[0]
+
     def encode_image(self, images: jax.Array) -> jax.Array:
-        return l2_normalize(self._image_embedding(self.image.tokens(images)))
+        return l2_normalize(self.image_features(images))
 
     def decoder_context(self, images: jax.Array) -> jax.Array:
         """The image tokens the caption decoder attends to: `[B, decoder_queries, width]`."""
@@ -226,7 +234,7 @@ class CoCa(nnx.Module):
     # -- text ------------------------------------------------------------------
 
     def encode_text(self, tokens: jax.Array) -> jax.Array:
-        return l2_normalize(self.text(tokens)[0])
+        return l2_normalize(self.text_features(tokens))
 
     def _decode(self, context: jax.Array, text_hidden: jax.Array) -> jax.Array:
         return self.ln_decoder(self.decoder(text_hidden, context))

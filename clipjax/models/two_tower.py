@@ -67,11 +67,19 @@ class TwoTower(nnx.Module):
         self.logit_scale = log_scale_param(cfg, rngs)
         self.logit_bias = logit_bias_param(cfg, rngs)
 
+    def image_features(self, images: jax.Array) -> jax.Array:
+        """The image embedding before L2 normalisation."""
+        return self.image(images)
+
+    def text_features(self, tokens: jax.Array) -> jax.Array:
+        """The text embedding before L2 normalisation."""
+        return self.text(tokens)
+
     def encode_image(self, images: jax.Array) -> jax.Array:
-        return l2_normalize(self.image(images))
+        return l2_normalize(self.image_features(images))
 
     def encode_text(self, tokens: jax.Array) -> jax.Array:
-        return l2_normalize(self.text(tokens))
+        return l2_normalize(self.text_features(tokens))
 
     def train_outputs(self, batch: dict[str, jax.Array], rng: jax.Array | None = None) -> dict:
         """What the train step needs: L2-normalised float32 embeddings by modality; `rng`
