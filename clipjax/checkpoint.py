@@ -187,6 +187,18 @@ def resolve_step_dir(path: str | Path, step: int | None = None) -> tuple[epath.P
     return path, step
 
 
+def run_config_json(path: str | Path) -> Path | None:
+    """The `config.json` of the run whose workdir, `checkpoints/` or step directory
+    `path` is (a `clipjax convert` export keeps one beside its params too)."""
+    path = Path(path).absolute()
+    candidates = [path]
+    if path.name == "checkpoints":
+        candidates.append(path.parent)
+    if path.parent.name == "checkpoints":
+        candidates.append(path.parent.parent)
+    return next((c / "config.json" for c in candidates if (c / "config.json").is_file()), None)
+
+
 def _steps(path: epath.Path) -> list[int]:
     return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / STATE).is_dir())
 

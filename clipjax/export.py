@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipjax.checkpoint import read_params, resolve_step_dir
+from clipjax.checkpoint import read_params, resolve_step_dir, run_config_json
 
 FORMATS = ("safetensors", "npz")
 HF_FORMAT = "hf"  # an HF CLIPModel directory in out_dir/hf, for CLIP-architecture runs
@@ -48,7 +48,8 @@ def export_params(
     if "npz" in formats:
         np.savez(out / "params.npz", **params)
         written.append(out / "params.npz")
-    config = _config_beside(Path(str(root)))
+    root_dir = Path(str(root))  # the directory of step directories, whatever its name
+    config = run_config_json(root_dir) or run_config_json(root_dir.parent)
     if HF_FORMAT in formats:
         written.append(_write_hf(params, config, out / "hf"))
     if config is not None:
@@ -62,18 +63,10 @@ def _write_hf(params: dict[str, np.ndarray], config: Path | None, out: Path) -> 
     import ml_collections
 
     from clipjax.interop.hf_clip import save_hf_clip
-    from clipjax.interop.params_tree import unroll_layers
+    from clipjax.interop.params_tree import is_stacked_name, unroll_layers
 
     if config is None:
         raise FileNotFoundError("--format hf needs the run's config.json beside checkpoints/")
     model_cfg = ml_collections.ConfigDict(json.loads(config.read_text())["model"])
-    stacked = {n for n in params if "/blocks/" in n and not n.split("/blocks/")[1][0].isdigit()}
+    stacked = {n for n in params if is_stacked_name(n)}
     return save_hf_clip(unroll_layers(params, stacked), model_cfg, out)
-
-
-def _config_beside(root: Path) -> Path | None:
-    """The run's config.json: in the workdir above `checkpoints/`."""
-    for candidate in (root / "config.json", root.parent / "config.json"):
-        if candidate.exists():
-            return candidate
-    return None

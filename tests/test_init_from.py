@@ -51,3 +51,61 @@ def test_an_hf_tower_of_another_shape_is_refused_by_field(hf_dir, digits_cache, 
     config = lit_config(path, digits_cache, ["model.image.act='quick_gelu'"])
     with pytest.raises(ValueError, match=r"model\.image\.act='quick_gelu' but .* has 'gelu'"):
         train(config, tmp_path, devices=jax.devices()[:1])
+
+
+def _initial(config) -> dict:
+    from clipjax.parallel import build_mesh, rules_table
+    from clipjax.train.init_from import initial_params
+    from clipjax.train.optim import build_optimizer
+    from clipjax.train.state import plan_train_state
+
+    tx = build_optimizer(config.optim, config.train.steps)
+    mesh = build_mesh(config.mesh, jax.devices())
+    plan = plan_train_state(config.model, 0, tx, mesh, rules_table(config.sharding_rules))
+    return unrolled_params(initial_params(config, plan.abstract.params))
+
+
+def test_a_run_continues_at_another_resolution_length_and_layer_layout(tiny_config, tmp_path):
+    """A 32-px, 32-token, unrolled run initialises a 48-px, 24-token, scanned model:
+    the position grid resampled, the text positions cut, every other param equal."""
+    from clipjax.checkpoint import read_params
+    from clipjax.interop.resize import resample_grid
+
+    apply_overrides(tiny_config, ["train.steps=3"])
+    source = unrolled_params(train(tiny_config, tmp_path / "source").params)
+    config = load_config("configs/default.py:tiny")
+    apply_overrides(
+        config,
+        [
+            f"init_from='{tmp_path / 'source'}'",
+            "model.image.image_size=48",
+            "data.image_size=48",
+            "model.text.context_length=24",
+            "tokenizer.context_length=24",
+            "model.scan_layers=True",
+        ],
+    )
+    loaded = _initial(config)
+    assert set(loaded) == set(source)
+    np.testing.assert_allclose(
+        loaded["image/pos_embed"], resample_grid(source["image/pos_embed"], 4, 6, 0), atol=1e-6
+    )
+    np.testing.assert_array_equal(loaded["text/pos_embed"], source["text/pos_embed"][:24])
+    for name in set(source) - {"image/pos_embed", "text/pos_embed"}:
+        np.testing.assert_array_equal(loaded[name], source[name], err_msg=name)
+    assert read_params(tmp_path / "source")[1] == 3
+
+
+def test_an_hf_tower_initialises_a_model_at_another_resolution(hf_dir, digits_cache):
+    from clipjax.interop.resize import resample_grid
+
+    path, exported = hf_dir
+    config = lit_config(path, digits_cache, ["model.image.image_size=48", "data.image_size=48"])
+    loaded = _initial(config)
+    grid = exported["image/pos_embed"]
+    old = int(np.sqrt(grid.shape[0] - 1))
+    new = 48 // config.model.image.patch_size
+    np.testing.assert_allclose(
+        loaded["image/pos_embed"], resample_grid(grid, old, new, prefix_tokens=1), atol=1e-6
+    )
+    assert loaded["image/pos_embed"].shape[0] == 1 + new * new != grid.shape[0]

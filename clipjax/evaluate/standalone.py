@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import jax
 import ml_collections
@@ -34,20 +33,9 @@ class WeightsSource:
         return self.checkpoint or self.hf or self.open_clip
 
 
-def run_config_json(checkpoint: str) -> Path | None:
-    """The `config.json` of the run: in the workdir given, or above its `checkpoints/`
-    (`checkpoint` is a workdir, its checkpoints/ or one step directory)."""
-    path = Path(checkpoint).absolute()
-    candidates = [path]
-    if path.name == "checkpoints":
-        candidates.append(path.parent)
-    if path.parent.name == "checkpoints":
-        candidates.append(path.parent.parent)
-    return next((c / "config.json" for c in candidates if (c / "config.json").is_file()), None)
-
-
 def checkpoint_config(checkpoint: str, evals_from: str | None) -> ml_collections.ConfigDict:
     """The run's own config; `evals_from` (a config file) replaces its `evals`."""
+    from clipjax.checkpoint import run_config_json
     from clipjax.config import ConfigError, load_config
     from clipjax.evaluate.fields import complete_evals, drop_unread_defaults
 

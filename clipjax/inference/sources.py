@@ -84,8 +84,7 @@ def _run_config(config_json: Path) -> ml_collections.ConfigDict:
 
 
 def _checkpoint(path: Path, step: int | None) -> Loaded:
-    from clipjax.checkpoint import read_params
-    from clipjax.evaluate.standalone import run_config_json
+    from clipjax.checkpoint import read_params, run_config_json
 
     config_json = run_config_json(str(path))
     if config_json is None:
@@ -95,7 +94,7 @@ def _checkpoint(path: Path, step: int | None) -> Loaded:
         )
     config = _run_config(config_json)
     flat, step = read_params(path, step)
-    return Loaded(config, _unrolled(flat, config.model), f"clipjax checkpoint {path} step {step}")
+    return Loaded(config, _unrolled(flat), f"clipjax checkpoint {path} step {step}")
 
 
 def _export(path: Path) -> Loaded:
@@ -111,13 +110,13 @@ def _export(path: Path) -> Loaded:
             flat = {name: data[name] for name in data.files}
     else:
         raise FileNotFoundError(f"the export {path} has no params.safetensors or params.npz")
-    return Loaded(config, _unrolled(flat, config.model), f"clipjax export {path}")
+    return Loaded(config, _unrolled(flat), f"clipjax export {path}")
 
 
-def _unrolled(flat: dict[str, np.ndarray], model_cfg) -> dict[str, np.ndarray]:
-    from clipjax.interop.params_tree import abstract_params, stacked_names, unroll_layers
+def _unrolled(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from clipjax.interop.params_tree import is_stacked_name, unroll_layers
 
-    return unroll_layers(flat, stacked_names(abstract_params(model_cfg)) & set(flat))
+    return unroll_layers(flat, {name for name in flat if is_stacked_name(name)})
 
 
 def _imported_config(model_cfg) -> ml_collections.ConfigDict:

@@ -50,13 +50,14 @@ def stack_layers(flat: dict[str, np.ndarray], stacked: set[str]) -> dict[str, np
     return out
 
 
+def is_stacked_name(name: str) -> bool:
+    """Whether `name` is a scanned (layer-stacked) parameter: `.../blocks/x`, no layer."""
+    return "/blocks/" in name and not _UNROLLED.match(name)
+
+
 def stacked_names(abstract_params: Any) -> set[str]:
     """Names of the model's scanned (layer-stacked) parameters."""
-    return {
-        name
-        for name in _shapes(abstract_params)
-        if "/blocks/" in name and not _UNROLLED.match(name)
-    }
+    return {name for name in _shapes(abstract_params) if is_stacked_name(name)}
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
