@@ -9,6 +9,7 @@ clipjax eval [--config=FILE.py[:variant]] (--checkpoint=DIR [--step=N] | --hf=DI
 clipjax shards (--from-folder DIR | --from-csv FILE | --from-digits) --out DIR
 clipjax convert --checkpoint=WORKDIR_OR_CHECKPOINT_DIR --out=DIR [--step=N] [--format=...]
 clipjax compile --config=FILE.py[:variant] --topology=v5p-512 [--slices=N] [--out=report.json]
+clipjax embed --model=PATH (--images=DIR|SHARD_SPEC | --texts=FILE) --out=DIR [--dtype=float16]
 
 Exit codes: 0 done, 1 diverged or failed, 2 bad config or arguments,
 3 (compile) the step does not fit the chips' memory,
@@ -27,6 +28,7 @@ from clipjax.aot.libtpu_env import quiet_libtpu
 from clipjax.config import ConfigError, apply_overrides, load_config
 from clipjax.data.skips import UnusableData
 from clipjax.distributed import LaunchError
+from clipjax.inference.commands import add_embed_parser
 from clipjax.train.preemption import PREEMPTED_EXIT_CODE, Preempted
 
 OVERRIDE_PREFIX = "--config."
@@ -71,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     _distributed_flags(train)
     _eval_parser(commands)
     _compile_parser(commands)
+    add_embed_parser(commands, _distributed_flags)
     convert = commands.add_parser(
         "convert", help="write a checkpoint's params as safetensors/npz with its config"
     )
@@ -251,14 +254,19 @@ def _distributed_flags(train: argparse.ArgumentParser) -> None:
     group.add_argument("--process_id", type=int)
 
 
-def _start_distributed(args, config) -> None:
+def _start_distributed(args, config=None) -> None:
     from clipjax import distributed
 
     group = distributed.detect(
         os.environ, args.distributed, args.coordinator_address, args.num_processes, args.process_id
     )
     if group is not None:
-        distributed.initialize(group, distributed.Timeouts.from_config(config.distributed))
+        timeouts = (
+            distributed.Timeouts()
+            if config is None
+            else distributed.Timeouts.from_config(config.distributed)
+        )
+        distributed.initialize(group, timeouts)
 
 
 def _shards(args) -> int:
@@ -329,6 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _eval(args, overrides)
     if args.command == "compile":
         return _compile(args, overrides)
+    if args.command == "embed":
+        return _embed(args)
     try:
         config = _load(args.config)
         apply_overrides(config, overrides)
@@ -353,6 +363,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if jax.process_index() == 0:  # one summary per run, not per process
         print(_summary(result, args.workdir))
     return 0
+
+
+def _embed(args) -> int:
+    from clipjax.inference.commands import run_embed
+
+    try:
+        _start_distributed(args)
+        return run_embed(args)
+    except (ConfigError, LaunchError, OSError, ValueError) as exc:
+        print(f"clipjax: {exc}", file=sys.stderr)
+        return 2
 
 
 def _convert(args) -> int:

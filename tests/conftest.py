@@ -40,5 +40,34 @@ def tiny_config(digits_cache):
     return config
 
 
+TRAINED_STEPS = 300
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, digits_cache):
+    """A tiny ViT (4-px patches: an 8x8 grid at 32 px) trained on the digits, and an
+    export of it."""
+    work = tmp_path_factory.mktemp("load") / "run"
+    from clipjax.cli import main
+
+    code = main(
+        [
+            "train",
+            "--config",
+            "configs/default.py:tiny",
+            "--workdir",
+            str(work),
+            f"--config.data.cache_dir={digits_cache}",
+            f"--config.train.steps={TRAINED_STEPS}",
+            "--config.train.log_every=100",
+            "--config.optim.warmup_steps=10",
+            "--config.model.image.patch_size=4",
+        ]
+    )
+    assert code == 0
+    assert main(["convert", "--checkpoint", str(work), "--out", str(work.parent / "x")]) == 0
+    return work
+
+
 def pytest_configure(config):
     assert len(jax.devices()) == 8, "tests expect 8 simulated CPU devices"

@@ -7,6 +7,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import TRAINED_STEPS
 from optional import require
 from PIL import Image
 
@@ -18,31 +19,6 @@ from clipjax.interop.resize import resample_grid
 from clipjax.parallel import build_mesh
 
 OPEN_CLIP = Path(__file__).parent / "fixtures" / "open_clip_small"
-TRAIN_STEPS = 300
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, digits_cache):
-    """A tiny ViT (4-px patches: an 8x8 grid at 32 px) trained on the digits, and an
-    export of it."""
-    work = tmp_path_factory.mktemp("load") / "run"
-    code = main(
-        [
-            "train",
-            "--config",
-            "configs/default.py:tiny",
-            "--workdir",
-            str(work),
-            f"--config.data.cache_dir={digits_cache}",
-            f"--config.train.steps={TRAIN_STEPS}",
-            "--config.train.log_every=100",
-            "--config.optim.warmup_steps=10",
-            "--config.model.image.patch_size=4",
-        ]
-    )
-    assert code == 0
-    assert main(["convert", "--checkpoint", str(work), "--out", str(work.parent / "x")]) == 0
-    return work
 
 
 def _digits_top1(model) -> float:
@@ -51,49 +27,49 @@ def _digits_top1(model) -> float:
     return float(np.mean(model.classify(ev.data.images, classifier).argmax(1) == ev.data.labels))
 
 
-def _logged_top1(run) -> float:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+def _logged_top1(trained_run) -> float:
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     return rows[-1]["zeroshot/digits/top1"]
 
 
-def test_zero_shot_through_load_equals_the_training_runs_eval(run):
-    model = clipjax.load(run)
+def test_zero_shot_through_load_equals_the_training_runs_eval(trained_run):
+    model = clipjax.load(trained_run)
     assert model.mesh.size == len(jax.local_devices()) == 8
-    assert model.source == f"clipjax checkpoint {run} step {TRAIN_STEPS}"
+    assert model.source == f"clipjax checkpoint {trained_run} step {TRAINED_STEPS}"
     top1 = _digits_top1(model)
-    assert top1 == pytest.approx(_logged_top1(run), abs=1e-9)
+    assert top1 == pytest.approx(_logged_top1(trained_run), abs=1e-9)
     assert top1 > 0.6  # trained, so the comparison means something
     assert model.logit_scale == pytest.approx(np.exp(float(model.params["logit_scale"])))
     assert model.logit_bias is None
 
 
-def test_every_clipjax_source_gives_the_same_embeddings(run, tmp_path):
+def test_every_clipjax_source_gives_the_same_embeddings(trained_run, tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), np.uint8)
     texts = ["a 3", "the digit seven"]
-    reference = clipjax.load(run)
+    reference = clipjax.load(trained_run)
     want_image, want_text = reference.encode_image(images), reference.encode_text(texts)
-    export = run.parent / "x"
+    export = trained_run.parent / "x"
     npz_only = tmp_path / "npz"
     npz_only.mkdir()
     for name in ("params.npz", "config.json", "export.json"):
         (npz_only / name).write_bytes((export / name).read_bytes())
     for path, step in [
-        (run / "checkpoints", None),
-        (run / "checkpoints" / str(TRAIN_STEPS), None),
-        (run, TRAIN_STEPS),
+        (trained_run / "checkpoints", None),
+        (trained_run / "checkpoints" / str(TRAINED_STEPS), None),
+        (trained_run, TRAINED_STEPS),
         (export, None),
         (npz_only, None),
     ]:
         model = clipjax.load(path, step=step)
         np.testing.assert_array_equal(model.encode_image(images), want_image, err_msg=str(path))
         np.testing.assert_array_equal(model.encode_text(texts), want_text, err_msg=str(path))
-    on_a_mesh = clipjax.load(run, mesh=build_mesh({"data": 4, "fsdp": 2, "tensor": 1}))
+    on_a_mesh = clipjax.load(trained_run, mesh=build_mesh({"data": 4, "fsdp": 2, "tensor": 1}))
     np.testing.assert_allclose(on_a_mesh.encode_image(images), want_image, atol=1e-5)
     np.testing.assert_allclose(on_a_mesh.encode_text(texts), want_text, atol=1e-5)
 
 
-def test_any_count_of_inputs_equals_one_at_a_time(run):
-    model = clipjax.load(run, batch_size=64)
+def test_any_count_of_inputs_equals_one_at_a_time(trained_run):
+    model = clipjax.load(trained_run, batch_size=64)
     images = np.random.default_rng(1).integers(0, 256, (70, 32, 32, 3), np.uint8)
     together = model.encode_image(images)  # a 64-row batch, then 6 rows padded to 8
     assert together.shape == (70, 64) and together.dtype == np.float32
@@ -109,8 +85,8 @@ def test_any_count_of_inputs_equals_one_at_a_time(run):
     assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
 
 
-def test_preprocess_is_the_eval_crop(run):
-    model = clipjax.load(run)
+def test_preprocess_is_the_eval_crop(trained_run):
+    model = clipjax.load(trained_run)
     config = model.config.data
     transform = ImageTransform(config.image_size, config.mean, config.std, train=False)
     wide = np.random.default_rng(2).integers(0, 256, (37, 61, 3), np.uint8)
@@ -136,12 +112,12 @@ def test_preprocess_is_the_eval_crop(run):
         model.encode_text(np.zeros(3, np.int32))
 
 
-def test_loaded_at_48_px_keeps_zero_shot_accuracy_within_the_margin(run):
+def test_loaded_at_48_px_keeps_zero_shot_accuracy_within_the_margin(trained_run):
     """Position embeddings resampled from the 8x8 grid to 12x12. The digits are 8x8
     images, so at 48 px a 4-px patch no longer covers whole source pixels: accuracy
     falls (0.82 -> 0.64 when measured), but stays within 0.25 of the trained size."""
-    at_32 = _digits_top1(clipjax.load(run))
-    model = clipjax.load(run, image_size=48)
+    at_32 = _digits_top1(clipjax.load(trained_run))
+    model = clipjax.load(trained_run, image_size=48)
     assert model.image_size == model.config.model.image.image_size == 48
     assert model.params["image"]["pos_embed"].shape == (144, 64)
     at_48 = _digits_top1(model)
@@ -149,7 +125,7 @@ def test_loaded_at_48_px_keeps_zero_shot_accuracy_within_the_margin(run):
     with pytest.raises(
         ValueError, match=r"image_size=50 is not a multiple of the ViT's patch size 4"
     ):
-        clipjax.load(run, image_size=50)
+        clipjax.load(trained_run, image_size=50)
 
 
 @pytest.mark.parametrize("old,new", [(4, 6), (7, 14), (14, 7), (16, 24)])
@@ -167,12 +143,12 @@ def test_position_grid_resampling_equals_open_clips(old, new):
     np.testing.assert_allclose(resample_grid(pos, old, old, 1), pos, atol=1e-6)
 
 
-def test_text_context_shortened_or_lengthened_keeps_fitting_captions(run):
+def test_text_context_shortened_or_lengthened_keeps_fitting_captions(trained_run):
     texts = ["a 3", "digit 7", "nine"]
-    model = clipjax.load(run)
+    model = clipjax.load(trained_run)
     want = model.encode_text(texts)
     for length in (12, 48):  # every caption fits 12 byte tokens
-        resized = clipjax.load(run, context_length=length)
+        resized = clipjax.load(trained_run, context_length=length)
         assert resized.tokenize(texts).shape == (3, length)
         assert resized.params["text"]["pos_embed"].shape[0] == length
         np.testing.assert_allclose(resized.encode_text(texts), want, atol=1e-6, err_msg=str(length))
@@ -209,7 +185,7 @@ def test_open_clip_state_dict_with_its_config_matches_open_clip():
         clipjax.load(OPEN_CLIP / "model.safetensors")
 
 
-def test_sources_that_cannot_be_read_are_named(run, tmp_path):
+def test_sources_that_cannot_be_read_are_named(trained_run, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nothing does not exist"):
         clipjax.load(tmp_path / "nothing")
     (tmp_path / "notes.txt").write_text("x")
@@ -218,9 +194,9 @@ def test_sources_that_cannot_be_read_are_named(run, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no config.json or export.json"):
         clipjax.load(tmp_path)
     with pytest.raises(ValueError, match=r"export of one step; step does not apply"):
-        clipjax.load(run.parent / "x", step=3)
+        clipjax.load(trained_run.parent / "x", step=3)
     with pytest.raises(ValueError, match=r"apply to an open_clip state dict file"):
-        clipjax.load(run, act="gelu")
+        clipjax.load(trained_run, act="gelu")
     siglip = tmp_path / "siglip"
     siglip.mkdir()
     (siglip / "config.json").write_text(json.dumps({"model_type": "siglip"}))
@@ -228,7 +204,7 @@ def test_sources_that_cannot_be_read_are_named(run, tmp_path):
     with pytest.raises(ValueError, match=r"an HF 'siglip' model; clipjax.load reads HF 'clip'"):
         clipjax.load(siglip)
     with pytest.raises(FileNotFoundError, match=r"step 7"):
-        clipjax.load(run, step=7)
+        clipjax.load(trained_run, step=7)
 
 
 def test_eval_command_takes_the_open_clip_config(capsys):

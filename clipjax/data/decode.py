@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -25,6 +26,19 @@ class BadSample(ValueError):
     """A sample that cannot be used: missing member, undecodable image, bad text. The
     message says why, without the sample's key (the caller has it), so that equal
     reasons can be counted together."""
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files under `folder` (any depth; by extension, hidden paths skipped),
+    sorted by their path relative to it."""
+    files = [
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix[1:].lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
+    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
 
 
 def parse_keys(spec: str) -> tuple[str, ...]:

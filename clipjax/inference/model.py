@@ -68,6 +68,10 @@ class LoadedModel:
         return int(self.config.data.image_size)
 
     @property
+    def embed_dim(self) -> int:
+        return int(self.config.model.embed_dim)
+
+    @property
     def logit_scale(self) -> float:
         """The multiplier of cosine similarities in the logits (exp of the stored log)."""
         return float(np.exp(self._scalars["logit_scale"]))

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from clipjax.data.decode import IMAGE_EXTENSIONS, ImageTransform
+from clipjax.data.decode import IMAGE_EXTENSIONS, ImageTransform, image_files
 from clipjax.evaluate.assets import WORDNET_ID, bundled_classnames, bundled_name
 from clipjax.evaluate.fields import eval_field
 from clipjax.evaluate.sources.evalset import (
@@ -32,20 +32,9 @@ IMAGE_FOLDER_LAYOUT = (
 SPLIT_FOLDERS = ("train", "val", "validation", "test")
 
 
-def _image_files(folder: Path) -> list[Path]:
-    files = [
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.suffix[1:].lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    ]
-    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
-
-
 def _folder_samples(root: Path, class_dirs: list[Path]) -> Iterable[dict]:
     for label, folder in enumerate(class_dirs):
-        for path in _image_files(folder):
+        for path in image_files(folder):
             sample = {
                 "__key__": path.relative_to(root).as_posix(),
                 "__url__": str(path),
