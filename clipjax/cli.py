@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=("safetensors", "npz", "both", "hf"),
         default="both",
         dest="fmt",
-        help="hf: an HF CLIPModel directory in OUT/hf (CLIP-architecture models only)",
+        help="hf: an HF CLIPModel (or, for SigLIP's architecture, SiglipModel) directory in OUT/hf",
     )
     shards = commands.add_parser(
         "shards", help="write webdataset shards from an image folder, a CSV/TSV or the digits"

@@ -63,10 +63,14 @@ def _write_hf(params: dict[str, np.ndarray], config: Path | None, out: Path) -> 
     import ml_collections
 
     from clipjax.interop.hf_clip import save_hf_clip
+    from clipjax.interop.hf_siglip import save_hf_siglip
     from clipjax.interop.params_tree import is_stacked_name, unroll_layers
 
     if config is None:
         raise FileNotFoundError("--format hf needs the run's config.json beside checkpoints/")
     model_cfg = ml_collections.ConfigDict(json.loads(config.read_text())["model"])
     stacked = {n for n in params if is_stacked_name(n)}
-    return save_hf_clip(unroll_layers(params, stacked), model_cfg, out)
+    image = model_cfg.get("image") or {}
+    siglip = image.get("pool") == "map" and image.get("projection") == "none"
+    save = save_hf_siglip if siglip else save_hf_clip  # SigLIP's towers: an HF SiglipModel
+    return save(unroll_layers(params, stacked), model_cfg, out)

@@ -95,6 +95,9 @@ def get_config(arg=None):
             # FLIP (Li et al. 2023): the fraction of patch tokens each training image
             # drops, at random (the class token stays); none at eval. 0.5 in the paper
             patch_dropout=0.0,
+            # none: the pooled output is the embedding (SigLIP: needs embed_dim == width)
+            projection="linear",  # linear | linear_bias | none
+            ln_eps=1e-5,  # every LayerNorm's epsilon (SigLIP: 1e-6)
         )
     )
     c.model.text = ml_collections.ConfigDict(
@@ -108,12 +111,17 @@ def get_config(arg=None):
             act="gelu",
             causal=True,  # False: a bidirectional encoder that ignores padding (BERT-style)
             pool="argmax",  # argmax: the end token has the largest id (CLIP) | last: last non-pad
-            # | eos: the first eos_id | cls: position 0 (BERT-style)
+            # | eos: the first eos_id | cls: position 0 (BERT-style) | final: the last position
             pad_id=0,  # padding id, for pool="last"
             eos_id=-1,  # end-of-text id, for pool="eos"
             # FLIP's text masking: the fraction of positions each training caption drops
             # (padding first, then text at random; the pooled token stays); none at eval
             token_dropout=0.0,
+            # with causal=False: False attends to padding like any token (SigLIP)
+            mask_padding=True,
+            # pool="final": the last position whatever it holds (SigLIP's padded captions)
+            projection="linear",  # linear | linear_bias (SigLIP's text head) | none
+            ln_eps=1e-5,  # every LayerNorm's epsilon (SigLIP: 1e-6)
         )
     )
 

@@ -256,13 +256,19 @@ def test_coca_refuses_the_two_tower_text_fields_it_does_not_read():
     problems = config_problems(config, 8, 1, reads_data=False)
     assert len(problems) == 1
     assert problems[0].startswith(
-        "model.text.causal, model.text.depth, model.text.eos_id, model.text.pool, "
+        "model.text.causal, model.text.depth, model.text.eos_id, model.text.ln_eps, "
+        "model.text.mask_padding, model.text.pool, model.text.projection, "
         "model.text.token_dropout are not used by model.name='coca'"
     )
     assert "--config.model.text.causal=None" in problems[0]
     apply_overrides(
-        config, [f"model.text.{f}=None" for f in ("causal", "depth", "eos_id", "token_dropout")]
+        config,
+        [
+            f"model.text.{f}=None"
+            for f in ("causal", "depth", "eos_id", "token_dropout", "mask_padding", "ln_eps")
+        ],
     )
+    apply_overrides(config, ["model.text.projection=''"])
     apply_overrides(config, ["model.text.pool=''"])  # a text field: '' is "not given"
     assert config_problems(config, 8, 1, reads_data=False) == []
 

@@ -199,9 +199,11 @@ def test_sources_that_cannot_be_read_are_named(trained_run, tmp_path):
         clipjax.load(trained_run, act="gelu")
     siglip = tmp_path / "siglip"
     siglip.mkdir()
-    (siglip / "config.json").write_text(json.dumps({"model_type": "siglip"}))
+    (siglip / "config.json").write_text(json.dumps({"model_type": "blip"}))
     (siglip / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"an HF 'siglip' model; clipjax.load reads HF 'clip'"):
+    with pytest.raises(
+        ValueError, match=r"an HF 'blip' model; clipjax.load reads HF 'clip' and 'siglip'"
+    ):
         clipjax.load(siglip)
     with pytest.raises(FileNotFoundError, match=r"step 7"):
         clipjax.load(trained_run, step=7)

@@ -139,13 +139,21 @@ def _imported_config(model_cfg) -> ml_collections.ConfigDict:
 def _hf(path: Path, model_type: str) -> Loaded:
     from clipjax.config import load_config
     from clipjax.interop.hf_clip import load_hf_clip
+    from clipjax.interop.hf_siglip import load_hf_siglip
 
-    if model_type != "clip":
+    readers = {"clip": (load_hf_clip, "CLIP"), "siglip": (load_hf_siglip, "SigLIP")}
+    if model_type not in readers:
         raise ValueError(
-            f"{path} holds an HF {model_type!r} model; clipjax.load reads HF 'clip' directories"
+            f"{path} holds an HF {model_type!r} model; clipjax.load reads HF "
+            f"{' and '.join(repr(k) for k in readers)} directories"
         )
-    model_cfg, params = load_hf_clip(path, load_config(None).model)
-    return Loaded(_imported_config(model_cfg), params, f"HF CLIP {path}")
+    read, family = readers[model_type]
+    model_cfg, params = read(path, load_config(None).model)
+    config = _imported_config(model_cfg)
+    if model_type == "siglip":  # SigLIP's preprocessing: pixels scaled to [-1, 1]
+        with config.unlocked():
+            config.data.mean, config.data.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    return Loaded(config, params, f"HF {family} {path}")
 
 
 def _open_clip(path: Path, config, act, image_heads, text_heads) -> Loaded:

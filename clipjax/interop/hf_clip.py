@@ -12,21 +12,19 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from clipjax.interop.hf_layout import (
+    CLIPJAX_TO_HF_ACT,
+    CONV,
+    COPY,
+    LINEAR,
+    act,
+    block_table,
+    from_hf_state,
+    to_hf_state,
+    weights_file,
+)
 from clipjax.interop.state_dicts import read_state_dict
 
-HF_ACTIVATIONS = {
-    "quick_gelu": "quick_gelu",
-    "gelu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "relu": "relu",
-}
-CLIPJAX_TO_HF_ACT = {
-    "quick_gelu": "quick_gelu",
-    "gelu": "gelu",
-    "gelu_tanh": "gelu_new",
-    "relu": "relu",
-}
 LEGACY_ARGMAX_EOS = 2  # HF pools at the argmax of the ids when eos_token_id == 2
 TEXT_DEFAULTS = dict(
     vocab_size=49408,
@@ -54,92 +52,29 @@ LAYER_NORM_EPS = 1e-5  # clipjax's LayerNorm epsilon
 TOWERS = {"image": "vision_model", "text": "text_model"}
 
 
-# ---- tensor conversions: (to clipjax, to HF) -------------------------------------------
-
-
-def _contiguous(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x, order="C")  # np.ascontiguousarray would turn a scalar into [1]
-
-
-def _linear(w: np.ndarray) -> np.ndarray:
-    return _contiguous(w.T)
-
-
-def _qkv_kernel(heads: int):
-    def to_jax(w):  # [out=H*D, in=W] -> [W, H, D]
-        return _contiguous(w.T.reshape(w.shape[1], heads, -1))
-
-    def to_hf(k):  # [W, H, D] -> [H*D, W]
-        return _contiguous(k.reshape(k.shape[0], -1).T)
-
-    return to_jax, to_hf
-
-
-def _qkv_bias(heads: int):
-    return (lambda b: b.reshape(heads, -1)), (lambda b: b.reshape(-1))
-
-
-def _out_kernel(heads: int):
-    def to_jax(w):  # [out=W, in=H*D] -> [H, D, W]
-        return _contiguous(w.T.reshape(heads, -1, w.shape[0]))
-
-    def to_hf(k):  # [H, D, W] -> [W, H*D]
-        return _contiguous(k.reshape(-1, k.shape[-1]).T)
-
-    return to_jax, to_hf
-
-
-_COPY = (lambda x: x, lambda x: x)
-_LINEAR = (_linear, _linear)
-_CONV = (  # torch OIHW <-> flax HWIO
-    lambda w: _contiguous(w.transpose(2, 3, 1, 0)),
-    lambda k: _contiguous(k.transpose(3, 2, 0, 1)),
-)
-
-
-def _block_table(heads: int) -> list[tuple[str, str, tuple]]:
-    qkv_k, qkv_b, out_k = _qkv_kernel(heads), _qkv_bias(heads), _out_kernel(heads)
-    table = [
-        ("ln_1/scale", "layer_norm1.weight", _COPY),
-        ("ln_1/bias", "layer_norm1.bias", _COPY),
-        ("ln_2/scale", "layer_norm2.weight", _COPY),
-        ("ln_2/bias", "layer_norm2.bias", _COPY),
-        ("attn/out/kernel", "self_attn.out_proj.weight", out_k),
-        ("attn/out/bias", "self_attn.out_proj.bias", _COPY),
-        ("mlp/fc1/kernel", "mlp.fc1.weight", _LINEAR),
-        ("mlp/fc1/bias", "mlp.fc1.bias", _COPY),
-        ("mlp/fc2/kernel", "mlp.fc2.weight", _LINEAR),
-        ("mlp/fc2/bias", "mlp.fc2.bias", _COPY),
-    ]
-    for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
-        table.append((f"attn/{ours}/kernel", f"self_attn.{theirs}.weight", qkv_k))
-        table.append((f"attn/{ours}/bias", f"self_attn.{theirs}.bias", qkv_b))
-    return table
-
-
 def name_table(model_cfg) -> list[tuple[str, str, tuple]]:
     """Every (clipjax name, HF name, (to clipjax, to HF)) of a two-tower model."""
     v, t = "vision_model", "text_model"
     table = [
-        ("image/patch_embed/kernel", f"{v}.embeddings.patch_embedding.weight", _CONV),
-        ("image/cls_token", f"{v}.embeddings.class_embedding", _COPY),
-        ("image/pos_embed", f"{v}.embeddings.position_embedding.weight", _COPY),
-        ("image/ln_pre/scale", f"{v}.pre_layrnorm.weight", _COPY),
-        ("image/ln_pre/bias", f"{v}.pre_layrnorm.bias", _COPY),
-        ("image/ln_post/scale", f"{v}.post_layernorm.weight", _COPY),
-        ("image/ln_post/bias", f"{v}.post_layernorm.bias", _COPY),
-        ("image/proj/kernel", "visual_projection.weight", _LINEAR),
-        ("text/token_embed/embedding", f"{t}.embeddings.token_embedding.weight", _COPY),
-        ("text/pos_embed", f"{t}.embeddings.position_embedding.weight", _COPY),
-        ("text/ln_final/scale", f"{t}.final_layer_norm.weight", _COPY),
-        ("text/ln_final/bias", f"{t}.final_layer_norm.bias", _COPY),
-        ("text/proj/kernel", "text_projection.weight", _LINEAR),
-        ("logit_scale", "logit_scale", _COPY),
+        ("image/patch_embed/kernel", f"{v}.embeddings.patch_embedding.weight", CONV),
+        ("image/cls_token", f"{v}.embeddings.class_embedding", COPY),
+        ("image/pos_embed", f"{v}.embeddings.position_embedding.weight", COPY),
+        ("image/ln_pre/scale", f"{v}.pre_layrnorm.weight", COPY),
+        ("image/ln_pre/bias", f"{v}.pre_layrnorm.bias", COPY),
+        ("image/ln_post/scale", f"{v}.post_layernorm.weight", COPY),
+        ("image/ln_post/bias", f"{v}.post_layernorm.bias", COPY),
+        ("image/proj/kernel", "visual_projection.weight", LINEAR),
+        ("text/token_embed/embedding", f"{t}.embeddings.token_embedding.weight", COPY),
+        ("text/pos_embed", f"{t}.embeddings.position_embedding.weight", COPY),
+        ("text/ln_final/scale", f"{t}.final_layer_norm.weight", COPY),
+        ("text/ln_final/bias", f"{t}.final_layer_norm.bias", COPY),
+        ("text/proj/kernel", "text_projection.weight", LINEAR),
+        ("logit_scale", "logit_scale", COPY),
     ]
     for tower, prefix in TOWERS.items():
         cfg = model_cfg[tower]
         for layer in range(cfg.depth):
-            for ours, theirs, convert in _block_table(cfg.heads):
+            for ours, theirs, convert in block_table(cfg.heads):
                 table.append(
                     (
                         f"{tower}/encoder/blocks/{layer}/{ours}",
@@ -151,15 +86,6 @@ def name_table(model_cfg) -> list[tuple[str, str, tuple]]:
 
 
 # ---- configs ---------------------------------------------------------------------------
-
-
-def _act(name: str, where: str) -> str:
-    if name not in HF_ACTIVATIONS:
-        raise ValueError(
-            f"{where}.hidden_act={name!r} has no clipjax equivalent; "
-            f"expected one of {sorted(HF_ACTIVATIONS)}"
-        )
-    return HF_ACTIVATIONS[name]
 
 
 def _tower_config(raw: dict | None, defaults: dict, where: str) -> dict:
@@ -196,7 +122,7 @@ def model_config_from_hf(hf: dict, base: ml_collections.ConfigDict) -> ml_collec
             depth=int(vision["num_hidden_layers"]),
             heads=int(vision["num_attention_heads"]),
             mlp_ratio=vision["intermediate_size"] / vision["hidden_size"],
-            act=_act(vision["hidden_act"], "vision_config"),
+            act=act(vision["hidden_act"], "vision_config"),
             pool="cls",
             ln_pre=True,
             patch_bias=False,
@@ -210,7 +136,7 @@ def model_config_from_hf(hf: dict, base: ml_collections.ConfigDict) -> ml_collec
             depth=int(text["num_hidden_layers"]),
             heads=int(text["num_attention_heads"]),
             mlp_ratio=text["intermediate_size"] / text["hidden_size"],
-            act=_act(text["hidden_act"], "text_config"),
+            act=act(text["hidden_act"], "text_config"),
             pool="argmax" if eos == LEGACY_ARGMAX_EOS else "eos",
             eos_id=-1 if eos == LEGACY_ARGMAX_EOS else int(eos),
         )
@@ -280,45 +206,16 @@ def hf_config_from_model(model_cfg, logit_scale: float) -> dict:
 
 # ---- weights ---------------------------------------------------------------------------
 
-IGNORED_HF = ("position_ids",)  # buffers some saves include
-
 
 def params_from_hf(state: dict[str, np.ndarray], model_cfg, source: str) -> dict:
     """clipjax's unrolled flat params from an HF CLIPModel state dict."""
     state = {k.removeprefix("clip."): v for k, v in state.items()}
-    out, used = {}, set()
-    for ours, theirs, (to_jax, _) in name_table(model_cfg):
-        if theirs not in state:
-            raise ValueError(f"{source} has no {theirs!r} (needed for {ours})")
-        out[ours] = np.asarray(to_jax(state[theirs]), np.float32)
-        used.add(theirs)
-    left = sorted(k for k in set(state) - used if not k.endswith(IGNORED_HF))
-    if left:
-        raise ValueError(
-            f"{source} has weights clipjax's CLIP does not use: {left[:8]}"
-            + (f" and {len(left) - 8} more" if len(left) > 8 else "")
-        )
-    return out
+    return from_hf_state(state, name_table(model_cfg), source, "CLIP")
 
 
 def params_to_hf(unrolled: dict[str, np.ndarray], model_cfg) -> dict[str, np.ndarray]:
     """The inverse of `params_from_hf`."""
-    out = {}
-    for ours, theirs, (_, to_hf) in name_table(model_cfg):
-        out[theirs] = _contiguous(to_hf(np.asarray(unrolled[ours])))
-    return out
-
-
-def _weights_file(directory: Path) -> Path:
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (directory / name).is_file():
-            return directory / name
-    if list(directory.glob("model-*-of-*.safetensors")):
-        raise ValueError(
-            f"{directory}: sharded safetensors are not supported yet; "
-            "merge them into model.safetensors"
-        )
-    raise FileNotFoundError(f"{directory} has no model.safetensors or pytorch_model.bin")
+    return to_hf_state(unrolled, name_table(model_cfg))
 
 
 def load_hf_clip(directory: str | Path, base_model_cfg) -> tuple[ml_collections.ConfigDict, dict]:
@@ -331,7 +228,7 @@ def load_hf_clip(directory: str | Path, base_model_cfg) -> tuple[ml_collections.
             "with config.json and model.safetensors)"
         )
     model_cfg = model_config_from_hf(json.loads(config_path.read_text()), base_model_cfg)
-    weights = _weights_file(directory)
+    weights = weights_file(directory)
     return model_cfg, params_from_hf(read_state_dict(weights), model_cfg, str(weights))
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from clipjax.fieldcheck import choice, positive, type_problems, unused_fields
+from clipjax.fieldcheck import choice, is_unset, positive, type_problems, unused_fields
 from clipjax.models import MODELS
 from clipjax.models.attention import ATTENTION_CHOICES
-from clipjax.models.layers import ACTIVATIONS, REMAT_POLICIES, dtype_of
+from clipjax.models.layers import ACTIVATIONS, PROJECTIONS, REMAT_POLICIES, dtype_of
 from clipjax.models.text import TEXT_POOLS
 from clipjax.models.two_tower import IMAGE_TOWERS
 from clipjax.models.vit import POOLS
@@ -32,6 +32,9 @@ NO_LOGIT_BIAS = ("symile",)
 NO_ATTENTION = ("symile",)  # MLP towers
 
 _TOWER = {"width": int, "depth": int, "heads": int, "mlp_ratio": float, "act": str}
+# Fields added after configs were first saved: absent (an older config.json) means
+# the default (a bias-free projection, LayerNorm epsilon 1e-5, padding masked)
+IMAGE_OPTIONAL = {"vit": {"projection": str, "ln_eps": float}, "efficientnet": {}}
 IMAGE_FIELDS = {
     "vit": {
         **_TOWER,
@@ -51,7 +54,10 @@ TEXT_FIELDS = {
     "coca": {k: t for k, t in _TEXT.items() if k != "depth"},
 }
 # Fields added after configs were first saved: absent (an older config.json) means off
-TEXT_OPTIONAL = {"clip": {"token_dropout": float}, "coca": {}}
+TEXT_OPTIONAL = {
+    "clip": {"token_dropout": float, "projection": str, "ln_eps": float, "mask_padding": bool},
+    "coca": {},
+}
 COCA_DEPTHS = ("unimodal_depth", "multimodal_depth", "decoder_queries", "pool_heads")
 COCA_FIELDS = {
     **{name: int for name in COCA_DEPTHS},
@@ -95,6 +101,7 @@ def model_problems(model, image_size: int | None) -> list[str]:
         return problems + _symile(model)
     problems += _image(model.image, image_size, name)
     problems += _text(model.text, TEXT_FIELDS[name], TEXT_OPTIONAL[name], name)
+    problems += _projection_width(model)
     if name == "coca":
         problems += _coca(model)
     return problems + _frozen(model, ("image", "text"))
@@ -118,13 +125,17 @@ def _image(image, image_size: int | None, family: str) -> list[str]:
     if kind not in IMAGE_TOWERS or (family == "coca" and kind != "vit"):
         allowed = ("vit",) if family == "coca" else tuple(IMAGE_TOWERS)
         return [f"model.image.kind={kind!r} is not one of {allowed} (model.name={family!r})"]
-    fields = IMAGE_FIELDS[kind]
-    problems = unused_fields(image, "model.image", fields, f"by model.image.kind={kind!r}")
+    fields, optional = IMAGE_FIELDS[kind], IMAGE_OPTIONAL[kind]
+    problems = unused_fields(
+        image, "model.image", {**fields, **optional}, f"by model.image.kind={kind!r}"
+    )
     problems += type_problems(
         image, "model.image", {k: t for k, t in fields.items() if k != "kind"}
     )
+    problems += type_problems(image, "model.image", optional, optional=True)
     if problems:
         return problems
+    problems += _head_fields(image, "model.image")
     problems += choice("model.image.act", image.act, ACTIVATIONS)
     if image_size is not None and "image_size" in fields and image.image_size != image_size:
         problems.append(
@@ -147,6 +158,26 @@ def _vit(image) -> list[str]:
     return problems
 
 
+def _head_fields(tower, where: str) -> list[str]:
+    """The optional `projection` and `ln_eps` fields (absent: the defaults)."""
+    problems = []
+    if not is_unset(tower.get("projection")):
+        problems += choice(f"{where}.projection", tower.projection, PROJECTIONS)
+    if not is_unset(tower.get("ln_eps")) and not 0 < tower.ln_eps < 1:
+        problems.append(f"{where}.ln_eps={tower.ln_eps} must be in (0, 1)")
+    return problems
+
+
+def _projection_width(model) -> list[str]:
+    """A tower without a projection hands its width to the embedding space."""
+    return [
+        f"model.{name}.projection='none' needs model.embed_dim={model.embed_dim} equal to "
+        f"model.{name}.width={model[name].width}"
+        for name in ("image", "text")
+        if model[name].get("projection") == "none" and model[name].get("width") != model.embed_dim
+    ]
+
+
 def _efficientnet(image) -> list[str]:
     problems = []
     for field in ("width_coefficient", "depth_coefficient"):
@@ -164,6 +195,7 @@ def _text(text, fields: dict[str, type], optional: dict[str, type], family: str)
     if problems:
         return problems
     problems += choice("model.text.act", text.act, ACTIVATIONS)
+    problems += _head_fields(text, "model.text")
     if text.width % text.heads:
         problems.append(f"model.text.width={text.width} is not divisible by heads={text.heads}")
     if "pool" not in fields:

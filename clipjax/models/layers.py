@@ -40,10 +40,13 @@ ZEROS = nnx.initializers.zeros_init()
 ONES = nnx.initializers.ones_init()
 
 
+LAYER_NORM_EPS = 1e-5  # a tower's `ln_eps` field changes it (SigLIP: 1e-6)
+
+
 def layer_norm(width: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(
         width,
-        epsilon=1e-5,
+        epsilon=LAYER_NORM_EPS,
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,
@@ -52,17 +55,43 @@ def layer_norm(width: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNo
     )
 
 
-def projection(width: int, embed_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    """A tower's bias-free projection into the shared embedding space."""
+def projection(
+    width: int, embed_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs, bias: bool = False
+) -> nnx.Linear:
+    """A tower's projection into the shared embedding space (bias-free unless `bias`)."""
     return nnx.Linear(
         width,
         embed_dim,
-        use_bias=False,
+        use_bias=bias,
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,
         kernel_init=init(nnx.initializers.normal(width**-0.5), ("embed", None)),
+        bias_init=init(ZEROS, (None,)),
     )
+
+
+# A tower's `projection` field: into the embedding space without or with a bias
+# (SigLIP's text head), or none (SigLIP's image tower: its MAP head's output is the
+# embedding, so embed_dim must equal the width).
+PROJECTIONS = ("linear", "linear_bias", "none")
+
+
+def tower_projection(kind: str, width: int, embed_dim: int, **kw) -> nnx.Linear | None:
+    if kind not in PROJECTIONS:
+        raise ValueError(f"projection={kind!r} is unknown; expected one of {PROJECTIONS}")
+    if kind == "none":
+        if width != embed_dim:
+            raise ValueError(f"projection='none' needs embed_dim={embed_dim} == width={width}")
+        return None
+    return projection(width, embed_dim, bias=kind == "linear_bias", **kw)
+
+
+def set_layer_norm_eps(module: nnx.Module, eps: float) -> None:
+    """Every LayerNorm in `module` with epsilon `eps` (SigLIP's towers use 1e-6)."""
+    for _, sub in nnx.iter_graph(module):
+        if isinstance(sub, nnx.LayerNorm):
+            sub.epsilon = eps
 
 
 class Attention(nnx.Module):

@@ -15,11 +15,14 @@ CLIP_CONTEXT = 77
 # takes any input resolution (data.image_size sets it)
 VIT_ONLY_FIELDS = (
     *("image_size", "patch_size", "width", "depth", "heads", "mlp_ratio"),
-    *("pool", "ln_pre", "patch_bias", "patch_dropout"),
+    *("pool", "ln_pre", "patch_bias", "patch_dropout", "projection", "ln_eps"),
 )
 # CoCa's decoder is causal, pools at its appended CLS token and takes its depth from
 # model.coca: the two-tower text fields that say otherwise do not apply
-COCA_UNUSED_TEXT_FIELDS = ("depth", "causal", "pool", "eos_id", "token_dropout")
+COCA_UNUSED_TEXT_FIELDS = (
+    *("depth", "causal", "pool", "eos_id", "token_dropout"),
+    *("mask_padding", "projection", "ln_eps"),
+)
 CLIP_VOCAB = 49408
 
 

@@ -7,17 +7,28 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from clipjax.models.layers import Transformer, init, layer_norm, param, projection
+from clipjax.models.layers import (
+    LAYER_NORM_EPS,
+    Transformer,
+    init,
+    layer_norm,
+    param,
+    set_layer_norm_eps,
+    tower_projection,
+)
 
-TEXT_POOLS = ("argmax", "last", "eos", "cls")
+TEXT_POOLS = ("argmax", "last", "eos", "cls", "final")
 
 
 def end_positions(tokens: jax.Array, pool: str, pad_id: int = 0, eos_id: int = -1) -> jax.Array:
     """Where each sequence is pooled: at its end token, being the largest id ("argmax"),
     the last position that is not padding ("last") or the first `eos_id` ("eos"); or
-    at position 0 ("cls")."""
+    at position 0 ("cls"), or at the final position whatever it holds ("final": SigLIP,
+    whose captions are padded to the full length)."""
     if pool == "cls":
         return jnp.zeros(tokens.shape[:1], jnp.int32)
+    if pool == "final":
+        return jnp.full(tokens.shape[:1], tokens.shape[1] - 1, jnp.int32)
     if pool == "eos":
         return jnp.argmax(tokens == eos_id, axis=-1)
     if pool == "last":
@@ -74,7 +85,8 @@ class TextTransformer(nnx.Module):
 
     `causal=True` (default): each token attends to itself and earlier ones (CLIP).
     `causal=False`: every token attends to every non-`pad_id` token, so the output
-    does not depend on how much padding follows the text.
+    does not depend on how much padding follows the text; with `mask_padding=False`
+    (SigLIP) padding is attended like any token.
     """
 
     def __init__(
@@ -94,7 +106,9 @@ class TextTransformer(nnx.Module):
             width, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.act, scan=scan, remat=remat, **kw
         )
         self.ln_final = layer_norm(width, **kw)
-        self.proj = projection(width, embed_dim, **kw)
+        self.proj = tower_projection(cfg.get("projection", "linear"), width, embed_dim, **kw)
+        set_layer_norm_eps(self, cfg.get("ln_eps", LAYER_NORM_EPS))
+        self.mask_padding = cfg.get("mask_padding", True)
         self.pad_id = cfg.get("pad_id", 0)
         self.eos_id = cfg.get("eos_id", -1)
         self.token_dropout = cfg.get("token_dropout", 0.0)
@@ -113,8 +127,9 @@ class TextTransformer(nnx.Module):
             x = jnp.take_along_axis(x, kept[:, :, None], axis=1)
             tokens = jnp.take_along_axis(tokens, kept, axis=1)
         # Key padding mask [B, 1, 1, L]; the causal mask already hides later padding.
-        mask = None if self.causal else (tokens != self.pad_id)[:, None, None, :]
+        masked = not self.causal and self.mask_padding
+        mask = (tokens != self.pad_id)[:, None, None, :] if masked else None
         x = self.ln_final(self.encoder(x, causal=self.causal, mask=mask))
         eot = end_positions(tokens, self.pool, self.pad_id, self.eos_id)
         pooled = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
-        return self.proj(pooled)
+        return pooled if self.proj is None else self.proj(pooled)

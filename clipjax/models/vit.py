@@ -7,13 +7,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from clipjax.models.layers import (
+    LAYER_NORM_EPS,
     ZEROS,
     MapHead,
     Transformer,
     init,
     layer_norm,
     param,
-    projection,
+    set_layer_norm_eps,
+    tower_projection,
 )
 
 POOLS = ("cls", "gap", "map")  # class token | mean of tokens | attention-pooled (MAP)
@@ -82,8 +84,9 @@ class VisionTransformer(nnx.Module):
         self.ln_post = layer_norm(width, **kw)
         if cfg.pool == "map":
             self.map_head = MapHead(width, cfg.heads, cfg.mlp_ratio, cfg.act, **kw)
-        self.proj = projection(width, embed_dim, **kw)
+        self.proj = tower_projection(cfg.get("projection", "linear"), width, embed_dim, **kw)
         self.dtype = dtype
+        set_layer_norm_eps(self, cfg.get("ln_eps", LAYER_NORM_EPS))
 
     def _encode(self, images: jax.Array, keys: jax.Array | None = None) -> jax.Array:
         """Patchify, position embedding, (FLIP masking with per-example `keys`), (class
@@ -122,8 +125,11 @@ class VisionTransformer(nnx.Module):
         """The image embedding; `keys` (one per example, training only) drop
         `patch_dropout` of the patch tokens."""
         if self.pool == "map":  # as big_vision: the encoder's final norm, then the head
-            return self.proj(self.map_head(self.tokens(images, keys)))
+            return self._project(self.map_head(self.tokens(images, keys)))
         # Pools before ln_post, not over `tokens()`: "gap" averages un-normalised tokens.
         x = self._encode(images, keys)
         pooled = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
-        return self.proj(self.ln_post(pooled))
+        return self._project(self.ln_post(pooled))
+
+    def _project(self, x: jax.Array) -> jax.Array:
+        return x if self.proj is None else self.proj(x)
