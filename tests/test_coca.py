@@ -242,6 +242,30 @@ def test_greedy_is_argmax_and_one_beam_is_greedy():
     np.testing.assert_array_equal(one, seqs)
 
 
+@pytest.mark.parametrize("scan", [False, True])
+def test_cached_decoding_equals_decoding_without_the_cache(scan):
+    """A cached step's output equals the full decoder's at that position; greedy and
+    beam search pick the same tokens with and without the cache."""
+    from clipjax.models.decode_cache import init_cache, step
+
+    model = build(f"model.scan_layers={scan}", "model.coca.multimodal_depth=2", seed=1)
+    images = random_images(3, seed=4)
+    kw = dict(sot_id=SOT, eot_id=EOT, max_len=12)
+    uncached = np.asarray(greedy(model, images, cache=False, **kw))
+    np.testing.assert_array_equal(np.asarray(greedy(model, images, **kw)), uncached)
+    context = model.decoder_context(images)
+    full = np.asarray(model.caption_hidden(context, uncached))
+    kv = init_cache(model, context, 12)
+    for t in range(11):
+        hidden, kv = step(model, kv, jnp.asarray(uncached[:, t]), jnp.int32(t))
+        np.testing.assert_allclose(np.asarray(hidden), full[:, t], atol=1e-5, err_msg=str(t))
+    for beams in (1, 3):
+        with_cache = np.asarray(beam(model, images, beams=beams, **kw))
+        without = np.asarray(beam(model, images, beams=beams, cache=False, **kw))
+        np.testing.assert_array_equal(with_cache, without, err_msg=f"beams={beams}")
+    assert (uncached[:, 1] != 0).all()  # something was generated
+
+
 def all_captions(vocab: int, sot: int, eot: int, max_len: int) -> np.ndarray:
     """Every sequence generation can produce: SOT, then non-pad tokens until EOT, pad after."""
     found = set()
