@@ -10,6 +10,7 @@ clipjax shards (--from-folder DIR | --from-csv FILE | --from-digits) --out DIR
 clipjax convert --checkpoint=WORKDIR_OR_CHECKPOINT_DIR --out=DIR [--step=N] [--format=...]
 clipjax compile --config=FILE.py[:variant] --topology=v5p-512 [--slices=N] [--out=report.json]
 clipjax embed --model=PATH (--images=DIR|SHARD_SPEC | --texts=FILE) --out=DIR [--dtype=float16]
+clipjax caption --model=PATH --images=DIR|SHARD_SPEC [--beams=N] [--out=captions.jsonl]
 
 Exit codes: 0 done, 1 diverged or failed, 2 bad config or arguments,
 3 (compile) the step does not fit the chips' memory,
@@ -28,7 +29,12 @@ from clipjax.aot.libtpu_env import quiet_libtpu
 from clipjax.config import ConfigError, apply_overrides, load_config
 from clipjax.data.skips import UnusableData
 from clipjax.distributed import LaunchError
-from clipjax.inference.commands import add_embed_parser
+from clipjax.inference.commands import (
+    add_caption_parser,
+    add_embed_parser,
+    caption_command,
+    embed_command,
+)
 from clipjax.train.preemption import PREEMPTED_EXIT_CODE, Preempted
 
 OVERRIDE_PREFIX = "--config."
@@ -74,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     _eval_parser(commands)
     _compile_parser(commands)
     add_embed_parser(commands, _distributed_flags)
+    add_caption_parser(commands)
     convert = commands.add_parser(
         "convert", help="write a checkpoint's params as safetensors/npz with its config"
     )
@@ -338,7 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "compile":
         return _compile(args, overrides)
     if args.command == "embed":
-        return _embed(args)
+        return embed_command(args, _start_distributed)
+    if args.command == "caption":
+        return caption_command(args)
     try:
         config = _load(args.config)
         apply_overrides(config, overrides)
@@ -363,17 +372,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if jax.process_index() == 0:  # one summary per run, not per process
         print(_summary(result, args.workdir))
     return 0
-
-
-def _embed(args) -> int:
-    from clipjax.inference.commands import run_embed
-
-    try:
-        _start_distributed(args)
-        return run_embed(args)
-    except (ConfigError, LaunchError, OSError, ValueError) as exc:
-        print(f"clipjax: {exc}", file=sys.stderr)
-        return 2
 
 
 def _convert(args) -> int:

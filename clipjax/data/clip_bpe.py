@@ -93,6 +93,7 @@ class ClipBpeTokenizer:
         names = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
         names += [SOT, EOT]
         self.ids = {name: index for index, name in enumerate(names)}
+        self.names = names
         self.ranks = {merge: rank for rank, merge in enumerate(merges)}
         self.sot, self.eot = self.ids[SOT], self.ids[EOT]
         self.vocab_size = len(names)
@@ -126,6 +127,28 @@ class ClipBpeTokenizer:
     def encode(self, text: str) -> list[int]:
         """The ids of `text`, without SOT/EOT."""
         return [self.ids[s] for piece in PIECES.findall(clean(text)) for s in self._merge(piece)]
+
+    @property
+    def sot_id(self) -> int:
+        return self.sot
+
+    @property
+    def eot_id(self) -> int:
+        return self.eot
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids` up to the first EOT (start token dropped), words joined
+        by single spaces as CLIP's `</w>` marks them."""
+        to_byte = {symbol: byte for byte, symbol in enumerate(byte_symbols())}
+        pieces = []
+        for i in ids:
+            if i == self.eot:
+                break
+            if i != self.sot and 0 <= i < len(self.names):
+                pieces.append(self.names[i])
+        words = "".join(pieces).split("</w>")
+        text = [bytes(to_byte[ch] for ch in word).decode("utf-8", "replace") for word in words]
+        return " ".join(w for w in text if w)
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.context_length), dtype=np.int32)

@@ -50,6 +50,24 @@ class ByteTokenizer:
             out[row, : len(ids)] = ids
         return out
 
+    @property
+    def sot_id(self) -> int:
+        return self.SOT
+
+    @property
+    def eot_id(self) -> int:
+        return self.EOT
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids` up to the first EOT (start, end and padding dropped)."""
+        body = []
+        for i in ids:
+            if i == self.EOT:
+                break
+            if 1 <= i <= 256:
+                body.append(i - 1)
+        return bytes(body).decode("utf-8", errors="replace")
+
 
 class HFTokenizer:
     """A Hugging Face `tokenizers` file (`tokenizer.json`), with its own normaliser and

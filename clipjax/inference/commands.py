@@ -9,6 +9,30 @@ import sys
 DEFAULT_PER_SHARD = 10_000
 
 
+def embed_command(args, start_distributed) -> int:
+    """`clipjax embed` with its process group started; exit 2 on bad input."""
+    from clipjax.config import ConfigError
+    from clipjax.distributed import LaunchError
+
+    try:
+        start_distributed(args)
+        return run_embed(args)
+    except (ConfigError, LaunchError, OSError, ValueError) as exc:
+        print(f"clipjax: {exc}", file=sys.stderr)
+        return 2
+
+
+def caption_command(args) -> int:
+    """`clipjax caption`; exit 2 on bad input."""
+    from clipjax.config import ConfigError
+
+    try:
+        return run_caption(args)
+    except (ConfigError, OSError, ValueError) as exc:
+        print(f"clipjax: {exc}", file=sys.stderr)
+        return 2
+
+
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     """--model and what `clipjax.load` needs besides the path."""
     parser.add_argument(
@@ -46,6 +70,56 @@ def add_embed_parser(commands, distributed_flags) -> None:
     embed.add_argument("--image-key", default="webp;png;jpg;jpeg", help="image members tried")
     embed.add_argument("--workers", type=int, default=None, help="decoding processes")
     distributed_flags(embed)
+
+
+def add_caption_parser(commands) -> None:
+    caption = commands.add_parser(
+        "caption", help="caption every image of a folder or shard spec with a CoCa model"
+    )
+    add_model_flags(caption)
+    caption.add_argument("--images", required=True, help="an image folder or a shard spec")
+    caption.add_argument("--beams", type=int, default=1, help="1: greedy decoding")
+    caption.add_argument("--max-len", type=int, help="tokens (default: the context length)")
+    caption.add_argument("--length-penalty", type=float, default=0.0)
+    caption.add_argument("--out", help="write JSON lines here (default: key<TAB>caption lines)")
+    caption.add_argument("--image-key", default="webp;png;jpg;jpeg", help="image members tried")
+    caption.add_argument("--workers", type=int, default=0, help="decoding processes")
+
+
+def run_caption(args) -> int:
+    """`clipjax caption`: exit 1 if some image or shard could not be read."""
+    import json
+
+    from clipjax.data.decode import parse_keys
+    from clipjax.inference.caption import caption_images
+    from clipjax.inference.embed import image_units
+
+    image_units(args.images, 1)  # the input exists, before the model is loaded
+    model = load_model(args)
+    rows = caption_images(
+        model,
+        args.images,
+        beams=args.beams,
+        max_len=args.max_len,
+        length_penalty=args.length_penalty,
+        workers=args.workers,
+        image_keys=parse_keys(args.image_key),
+    )
+    out = open(args.out, "w") if args.out else None  # noqa: SIM115 (closed below)
+    failed = 0
+    try:
+        for row in rows:
+            if "error" in row:
+                failed += 1
+                print(f"clipjax: {row.get('key', row['source'])}: {row['error']}", file=sys.stderr)
+            if out is not None:
+                out.write(json.dumps(row) + "\n")
+            elif "caption" in row:
+                print(f"{row['key']}\t{row['caption']}")
+    finally:
+        if out is not None:
+            out.close()
+    return 1 if failed else 0
 
 
 def load_model(args):

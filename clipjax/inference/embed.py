@@ -127,7 +127,7 @@ def text_units(path: str, per_unit: int) -> tuple[list[Unit], list[str]]:
     return units, texts
 
 
-def _unit_samples(unit: Unit, stats: DataStats) -> Iterator[dict]:
+def unit_samples(unit: Unit, stats: DataStats) -> Iterator[dict]:
     if not unit.files:
         yield from read_shard(unit.source, stats)
         return
@@ -246,7 +246,7 @@ def _embed_image_unit(model, unit: Unit, decoder: ImageDecoder, workers: int, pr
                 progress(len(crops))
             crops.clear(), keys.clear()
 
-    samples = enumerate(_unit_samples(unit, stats))
+    samples = enumerate(unit_samples(unit, stats))
     for _, decoded in OrderedDecoder(decoder, workers)(samples):
         if isinstance(decoded, Skipped):
             result.skip(f"{decoded.key}: {decoded.reason}")

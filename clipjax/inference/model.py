@@ -61,6 +61,8 @@ class LoadedModel:
         self._tokenizer = build_tokenizer(config.tokenizer)
         self._tokenizer_problems = imported_tokenizer_problems(config)
         self._encoders = _encoders(spec.graphdef, shardings, config.data)
+        self._graphdef, self._param_shardings = spec.graphdef, shardings
+        self._captioners: dict[tuple, Callable] = {}
         self._scalars = {k: np.asarray(v) for k, v in tree.items() if k.startswith("logit_")}
 
     @property
@@ -111,13 +113,7 @@ class LoadedModel:
     def encode_image(self, pixels, normalize: bool = True) -> np.ndarray:
         """float32 `[N, embed_dim]` of `pixels`: uint8 `[N, S, S, 3]` crops from
         `preprocess`, float ones already normalised, or a list of PIL images."""
-        if isinstance(pixels, list | tuple):
-            pixels = np.stack([self.preprocess(image) for image in pixels])
-        pixels = np.asarray(pixels)
-        size = self.image_size
-        if pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
-            raise ValueError(f"pixels of shape {pixels.shape}; expected [N, {size}, {size}, 3]")
-        return self._run(self._encoders["image", normalize], pixels)
+        return self._run(self._encoders["image", normalize], self._pixels(pixels))
 
     def encode_text(self, ids, normalize: bool = True) -> np.ndarray:
         """float32 `[N, embed_dim]` of token ids `[N, L]` (from `tokenize`) or of strings."""
@@ -151,7 +147,58 @@ class LoadedModel:
         logits = self.logit_scale * embeddings @ np.asarray(classifier, np.float64).T
         return (logits + (self.logit_bias or 0.0)).astype(np.float32)
 
-    def _run(self, encode: Callable, data: np.ndarray) -> np.ndarray:
+    def caption(
+        self, images, *, max_len: int | None = None, beams: int = 1, length_penalty: float = 0.0
+    ) -> list[str]:
+        """Captions of `images` (as `encode_image` takes them) by a CoCa model: greedy
+        decoding (`beams=1`) or beam search, with a key/value cache, up to `max_len`
+        tokens (default: the text context length)."""
+        if self.config.model.name != "coca":
+            raise ValueError(f"a {self.config.model.name!r} model has no caption decoder (CoCa)")
+        if not hasattr(self._tokenizer, "decode"):
+            raise ValueError(
+                f"tokenizer.kind={self.config.tokenizer.kind!r} cannot decode captions; "
+                "captioning supports the 'bytes' and 'clip' tokenizers"
+            )
+        pixels = self._pixels(images)
+        max_len = max_len or int(self.config.model.text.context_length)
+        key = (max_len, beams, length_penalty)
+        if key not in self._captioners:
+            self._captioners[key] = self._captioner(max_len, beams, length_penalty)
+        tokens = self._run(self._captioners[key], pixels, np.int32)
+        return [self._tokenizer.decode(row[1:]) for row in tokens]
+
+    def _captioner(self, max_len: int, beams: int, length_penalty: float) -> Callable:
+        from clipjax.models.generate import beam_captions, greedy_captions
+
+        normalize = pixel_normalizer(self.config.data.mean, self.config.data.std)
+        ids = dict(
+            sot_id=self._tokenizer.sot_id,
+            eot_id=self._tokenizer.eot_id,
+            max_len=max_len,
+            pad_id=int(self.config.model.text.get("pad_id", 0)),
+        )
+
+        def run(params, pixels):
+            model = nnx.merge(self._graphdef, params)
+            if beams == 1:
+                return greedy_captions(model, normalize(pixels), **ids)
+            return beam_captions(
+                model, normalize(pixels), beams=beams, length_penalty=length_penalty, **ids
+            )
+
+        return jax.jit(run, in_shardings=(self._param_shardings, None))
+
+    def _pixels(self, pixels) -> np.ndarray:
+        if isinstance(pixels, list | tuple):
+            pixels = np.stack([self.preprocess(image) for image in pixels])
+        pixels = np.asarray(pixels)
+        size = self.image_size
+        if pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
+            raise ValueError(f"pixels of shape {pixels.shape}; expected [N, {size}, {size}, 3]")
+        return pixels
+
+    def _run(self, encode: Callable, data: np.ndarray, dtype=np.float32) -> np.ndarray:
         outputs = []
         for start in range(0, len(data), self.batch_size):
             chunk = data[start : start + self.batch_size]
@@ -161,7 +208,7 @@ class LoadedModel:
             outputs.append(np.asarray(encode(self.params, array))[: len(chunk)])
         if not outputs:
             raise ValueError("nothing to encode: an empty batch")
-        return np.concatenate(outputs).astype(np.float32)
+        return np.concatenate(outputs).astype(dtype)
 
 
 def _are_texts(values) -> bool:
