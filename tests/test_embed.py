@@ -183,3 +183,27 @@ def test_texts_are_embedded_by_line(trained_run, tmp_path):
 def test_bad_arguments_are_named(trained_run, tmp_path, capsys, extra, message):
     assert main(["embed", "--model", str(trained_run), "--out", str(tmp_path), *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_two_launched_processes_write_what_one_writes(trained_run, digits_cache, tmp_path):
+    """`launch/local.py` starts 2 processes of 4 devices: each embeds its own shards."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    shards = _shards(digits_cache)
+    spec = "::".join(str(s) for s in shards)
+    args = ["embed", "--model", str(trained_run), "--images", spec, "--dtype", "float32"]
+    command = [sys.executable, str(root / "launch" / "local.py"), "--processes=2"]
+    command += ["--devices-per-process=4", "--", *args, "--out", str(tmp_path / "two")]
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    printed = done.stdout + done.stderr
+    assert "into 2 shard(s)" in printed and "into 1 shard(s)" in printed  # 0, 2 | 1
+    embed_images(clipjax.load(trained_run), spec, tmp_path / "one", dtype="float32")
+    for number in range(3):
+        two = _read(tmp_path / "two" / "img_emb", f"{number:05d}")
+        one = _read(tmp_path / "one" / "img_emb", f"{number:05d}")
+        np.testing.assert_allclose(two[0], one[0], atol=1e-6)
+        assert two[1] == one[1]

@@ -188,7 +188,8 @@ class Writer:
 
 
 def _replace(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
+    """Writes `text` to `path` atomically (processes may write the same manifest)."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     partial.write_text(text)
     os.replace(partial, path)
 
