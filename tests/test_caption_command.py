@@ -53,6 +53,7 @@ def test_captions_equal_plain_greedy_decoding(coca_run, tmp_path):
     assert len(model.caption(images[:2], max_len=12, beams=3)) == 2
 
 
+@pytest.mark.slow  # the CLI over the caption path the test above checks by default
 def test_caption_command_writes_jsonl_and_names_the_unreadable(coca_run, tmp_path, capsys):
     (tmp_path / "in").mkdir()
     folder = _folder(tmp_path / "in")

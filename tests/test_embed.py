@@ -185,6 +185,7 @@ def test_bad_arguments_are_named(trained_run, tmp_path, capsys, extra, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # starts two JAX processes (about a minute); CI runs the slow stage
 def test_two_launched_processes_write_what_one_writes(trained_run, digits_cache, tmp_path):
     """`launch/local.py` starts 2 processes of 4 devices: each embeds its own shards."""
     import subprocess

@@ -159,6 +159,7 @@ SIGLIP_SHAPED = [
 ]
 
 
+@pytest.mark.slow  # trains, converts and reloads in torch; CI runs the slow stage
 def test_a_trained_siglip_shaped_run_converts_to_an_hf_siglip_model(tmp_path, digits_cache):
     from clipjax.cli import main
 
