@@ -54,6 +54,16 @@ def test_shard_embeddings_equal_encode_image(trained_run, digits_cache, tmp_path
         np.testing.assert_allclose(rows, want, atol=1e-6)
     manifest = json.loads((tmp_path / "e" / "img_emb" / "manifest.json").read_text())
     assert manifest["units"] == [str(s) for s in shards] and manifest["dtype"] == "float32"
+    folder = tmp_path / "shards"  # a folder of shards is read as its sorted .tar files
+    folder.mkdir()
+    for shard in shards:
+        (folder / shard.name).write_bytes(shard.read_bytes())
+    assert main([*args[:4], str(folder), "--out", str(tmp_path / "f"), "--dtype", "float32"]) == 0
+    for number in range(3):
+        np.testing.assert_array_equal(
+            _read(tmp_path / "f" / "img_emb", f"{number:05d}")[0],
+            _read(tmp_path / "e" / "img_emb", f"{number:05d}")[0],
+        )
 
     inline = tmp_path / "inline"
     assert main([*args[:-1], str(inline), "--dtype", "float32", "--workers", "0"]) == 0

@@ -91,12 +91,16 @@ class EmbedReport:
 
 
 def image_units(images: str, per_unit: int) -> list[Unit]:
-    """A folder's image files in runs of `per_unit`, or one unit per shard of a spec."""
+    """A folder's image files in runs of `per_unit`, or one unit per shard of a spec
+    (or of a folder that holds `.tar` shards and no images)."""
     folder = Path(images)
     if folder.is_dir():
         files = [p.relative_to(folder).as_posix() for p in image_files(folder)]
+        shards = sorted(str(p) for p in folder.glob("*.tar"))
+        if not files and shards:  # a folder of webdataset shards: one unit each
+            return [Unit(i, url) for i, url in enumerate(shards)]
         if not files:
-            raise ValueError(f"{folder} holds no .jpg/.jpeg/.png/.webp image")
+            raise ValueError(f"{folder} holds no .jpg/.jpeg/.png/.webp image and no .tar shard")
         return [
             Unit(i, f"{folder}: files {start}..{start + len(chunk) - 1}", chunk, str(folder))
             for i, start in enumerate(range(0, len(files), per_unit))
