@@ -57,7 +57,9 @@ def add_embed_parser(commands, distributed_flags) -> None:
         epilog="a rerun with the same arguments skips the output shards already written",
     )
     add_model_flags(embed)
-    embed.add_argument("--images", help="an image folder (any depth), a folder of .tar shards or a shard spec")
+    embed.add_argument(
+        "--images", help="an image folder (any depth), a folder of .tar shards or a shard spec"
+    )
     embed.add_argument("--texts", help="a UTF-8 file of texts, one per line")
     embed.add_argument("--out", required=True, help="img_emb/ and text_emb/ are written here")
     embed.add_argument("--dtype", choices=("float16", "float32"), default="float16")
