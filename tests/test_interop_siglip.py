@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 from optional import require
+from test_interop_hf import _torch_features  # CLIPModel and SiglipModel alike
 
 import clipjax
 from clipjax.config import load_config
@@ -63,15 +64,6 @@ def _inputs(name: str):
     for row, length in enumerate((3, context, 5)):
         tokens[row, :length] = rng.integers(2, 77, size=length)
     return pixels, tokens
-
-
-def _torch_features(model, pixels, tokens):
-    torch = require("torch")
-    with torch.no_grad():
-        image = model.get_image_features(pixel_values=torch.tensor(pixels))
-        text = model.get_text_features(input_ids=torch.tensor(tokens))
-    image, text = (getattr(x, "pooler_output", x) for x in (image, text))
-    return image.numpy(), text.numpy()
 
 
 @pytest.mark.parametrize("scan", [False, True])

@@ -132,16 +132,22 @@ def is_due(every: int, step: int, total_steps: int) -> bool:
     return step == total_steps or (every > 0 and step % every == 0)
 
 
-def make_encoders(spec, param_shardings, data_cfg) -> tuple[Callable, Callable]:
+def make_encoders(
+    spec, param_shardings, data_cfg, normalize: bool = True
+) -> tuple[Callable, Callable]:
     """Jitted `(params, x) -> embeddings` for both towers of the model in `spec`; the
-    image encoder normalises uint8 crops with the data config's mean and std."""
-    normalize = pixel_normalizer(data_cfg.mean, data_cfg.std)
+    image encoder normalises uint8 crops with the data config's mean and std.
+    `normalize=False`: the embeddings before L2 normalisation."""
+    to_floats = pixel_normalizer(data_cfg.mean, data_cfg.std)
 
     def encode_image(params, images):
-        return nnx.merge(spec.graphdef, params).encode_image(normalize(images))
+        model = nnx.merge(spec.graphdef, params)
+        embed = model.encode_image if normalize else model.image_features
+        return embed(to_floats(images))
 
     def encode_text(params, tokens):
-        return nnx.merge(spec.graphdef, params).encode_text(tokens)
+        model = nnx.merge(spec.graphdef, params)
+        return (model.encode_text if normalize else model.text_features)(tokens)
 
     return tuple(
         jax.jit(fn, in_shardings=(param_shardings, None)) for fn in (encode_image, encode_text)

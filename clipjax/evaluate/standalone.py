@@ -120,6 +120,13 @@ def imported_params(config: ml_collections.ConfigDict, source: WeightsSource) ->
             source.image_heads,
             source.text_heads,
         )
+    adopt_imported_model(config, model_cfg)
+    return params
+
+
+def adopt_imported_model(config: ml_collections.ConfigDict, model_cfg) -> None:
+    """`config` with an imported model and the image size, OpenAI normalisation and
+    CLIP BPE tokenizer that go with OpenAI-style weights."""
     with config.unlocked():
         config.model = model_cfg
         config.data.image_size = model_cfg.image.image_size
@@ -127,7 +134,6 @@ def imported_params(config: ml_collections.ConfigDict, source: WeightsSource) ->
         config.tokenizer.kind = "clip"
         config.tokenizer.path = ""
         config.tokenizer.context_length = model_cfg.text.context_length
-    return params
 
 
 def evaluate(

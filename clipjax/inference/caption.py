@@ -7,11 +7,14 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from clipjax.data.decode import ImageTransform
-from clipjax.data.pipeline import OrderedDecoder
 from clipjax.data.shards import DataStats
 from clipjax.data.skips import Skipped
-from clipjax.inference.embed import DEFAULT_IMAGE_KEYS, ImageDecoder, image_units, unit_samples
+from clipjax.inference.embed import (
+    DEFAULT_IMAGE_KEYS,
+    decoded_batches,
+    image_decoder,
+    image_units,
+)
 
 PER_UNIT = 10_000  # folder files listed per unit
 
@@ -30,23 +33,15 @@ def caption_images(
     """Yields `{"key", "source", "caption"}` per readable image, in input order, and
     `{"key", "source", "error"}` per unreadable one; a shard that cannot be read to
     its end yields `{"source", "error"}` after its readable images."""
-    data = model.config.data
-    transform = ImageTransform(model.image_size, data.mean, data.std, train=False)
-    decoder = ImageDecoder(transform, tuple(image_keys), max_pixels)
+    decoder = image_decoder(model, image_keys, max_pixels)
     options = dict(beams=beams, max_len=max_len, length_penalty=length_penalty)
     for unit in image_units(images, PER_UNIT):
-        stats, crops, keys = DataStats(), [], []
-        for _, decoded in OrderedDecoder(decoder, workers)(enumerate(unit_samples(unit, stats))):
-            if isinstance(decoded, Skipped):
-                yield {"key": decoded.key, "source": unit.source, "error": decoded.reason}
+        stats = DataStats()
+        for item in decoded_batches(unit, decoder, workers, model.batch_size, stats):
+            if isinstance(item, Skipped):
+                yield {"key": item.key, "source": unit.source, "error": item.reason}
                 continue
-            crops.append(decoded[0])
-            keys.append(decoded[1])
-            if len(crops) == model.batch_size:
-                yield from _captioned(model, crops, keys, unit.source, options)
-                crops, keys = [], []
-        if crops:
-            yield from _captioned(model, crops, keys, unit.source, options)
+            yield from _captioned(model, *item, unit.source, options)
         if stats.failed_shards:
             yield {"source": unit.source, "error": "could not be read to its end"}
 

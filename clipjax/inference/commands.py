@@ -11,24 +11,25 @@ DEFAULT_PER_SHARD = 10_000
 
 def embed_command(args, start_distributed) -> int:
     """`clipjax embed` with its process group started; exit 2 on bad input."""
-    from clipjax.config import ConfigError
-    from clipjax.distributed import LaunchError
 
-    try:
+    def run() -> int:
         start_distributed(args)
         return run_embed(args)
-    except (ConfigError, LaunchError, OSError, ValueError) as exc:
-        print(f"clipjax: {exc}", file=sys.stderr)
-        return 2
+
+    return _reporting_bad_input(run)
 
 
 def caption_command(args) -> int:
     """`clipjax caption`; exit 2 on bad input."""
-    from clipjax.config import ConfigError
+    return _reporting_bad_input(lambda: run_caption(args))
 
+
+def _reporting_bad_input(run) -> int:
+    """`run()`'s exit code, or 2 with the message of a bad config, path or value
+    (ConfigError and LaunchError are ValueErrors)."""
     try:
-        return run_caption(args)
-    except (ConfigError, OSError, ValueError) as exc:
+        return run()
+    except (OSError, ValueError) as exc:
         print(f"clipjax: {exc}", file=sys.stderr)
         return 2
 

@@ -53,6 +53,13 @@ class ImageDecoder:
         return self.transform.crop(image, np.random.default_rng((0, index))), sample["__key__"]
 
 
+def image_decoder(model, image_keys: tuple[str, ...], max_pixels: int) -> ImageDecoder:
+    """The decoder that crops images as `model`'s eval does."""
+    data = model.config.data
+    transform = ImageTransform(model.image_size, data.mean, data.std, train=False)
+    return ImageDecoder(transform, tuple(image_keys), max_pixels)
+
+
 @dataclass(frozen=True)
 class Unit:
     """One output shard's input: a shard URL, a run of folder files or of text lines."""
@@ -146,6 +153,25 @@ def unit_samples(unit: Unit, stats: DataStats) -> Iterator[dict]:
         yield sample
 
 
+def decoded_batches(
+    unit: Unit, decoder: ImageDecoder, workers: int, size: int, stats: DataStats
+) -> Iterator[Skipped | tuple[list, list]]:
+    """The unit's images decoded in order, as `(crops, keys)` batches of `size` (the
+    last may be shorter), and each unreadable one as its `Skipped` where it falls."""
+    crops, keys = [], []
+    for _, decoded in OrderedDecoder(decoder, workers)(enumerate(unit_samples(unit, stats))):
+        if isinstance(decoded, Skipped):
+            yield decoded
+            continue
+        crops.append(decoded[0])
+        keys.append(decoded[1])
+        if len(crops) == size:
+            yield crops, keys
+            crops, keys = [], []
+    if crops:
+        yield crops, keys
+
+
 class Writer:
     """Writes each unit's three files under `out/<kind>_emb/`, the `.npy` last."""
 
@@ -223,12 +249,7 @@ def embed_images(
     units = units or image_units(images, per_unit)
     writer = Writer(Path(out), "img", dtype, model.embed_dim)
     writer.claim(_manifest(model, images, units, dtype))
-    data = model.config.data
-    decoder = ImageDecoder(
-        ImageTransform(model.image_size, data.mean, data.std, train=False),
-        tuple(image_keys),
-        max_pixels,
-    )
+    decoder = image_decoder(model, image_keys, max_pixels)
     report = EmbedReport()
     for unit in _mine(units, process_index, process_count):
         if writer.finished(unit):
@@ -241,26 +262,16 @@ def embed_images(
 
 def _embed_image_unit(model, unit: Unit, decoder: ImageDecoder, workers: int, progress):
     stats, result = DataStats(), UnitResult()
-    rows, index, crops, keys = [], [], [], []
-
-    def flush():
-        if crops:
-            rows.append(model.encode_image(np.stack(crops)))
-            index.extend({"key": k, "source": unit.source} for k in keys)
-            if progress is not None:
-                progress(len(crops))
-            crops.clear(), keys.clear()
-
-    samples = enumerate(unit_samples(unit, stats))
-    for _, decoded in OrderedDecoder(decoder, workers)(samples):
-        if isinstance(decoded, Skipped):
-            result.skip(f"{decoded.key}: {decoded.reason}")
+    rows, index = [], []
+    for item in decoded_batches(unit, decoder, workers, model.batch_size, stats):
+        if isinstance(item, Skipped):
+            result.skip(f"{item.key}: {item.reason}")
             continue
-        crops.append(decoded[0])
-        keys.append(decoded[1])
-        if len(crops) == model.batch_size:
-            flush()
-    flush()
+        crops, keys = item
+        rows.append(model.encode_image(np.stack(crops)))
+        index.extend({"key": k, "source": unit.source} for k in keys)
+        if progress is not None:
+            progress(len(crops))
     if stats.failed_shards:
         result.failed = f"{unit.source} could not be read to its end (see the warning above)"
     result.rows = len(index)

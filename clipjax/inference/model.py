@@ -21,6 +21,7 @@ from PIL import Image
 from clipjax.data.decode import ImageTransform
 from clipjax.data.pixels import pixel_normalizer
 from clipjax.data.tokenizers import build_tokenizer
+from clipjax.evaluate.runner import make_encoders
 from clipjax.evaluate.standalone import imported_tokenizer_problems
 from clipjax.inference.sources import read_source
 from clipjax.interop.resize import resize_params
@@ -60,7 +61,15 @@ class LoadedModel:
         )
         self._tokenizer = build_tokenizer(config.tokenizer)
         self._tokenizer_problems = imported_tokenizer_problems(config)
-        self._encoders = _encoders(spec.graphdef, shardings, config.data)
+        self._encoders = {
+            (tower, normalize): encoder
+            for normalize in (True, False)
+            for tower, encoder in zip(
+                ("image", "text"),
+                make_encoders(spec, shardings, config.data, normalize),
+                strict=True,
+            )
+        }
         self._graphdef, self._param_shardings = spec.graphdef, shardings
         self._captioners: dict[tuple, Callable] = {}
         self._scalars = {k: np.asarray(v) for k, v in tree.items() if k.startswith("logit_")}
@@ -230,27 +239,6 @@ def _padded_rows(count: int, devices: int, largest: int) -> int:
     while rows < count:
         rows *= 2
     return min(rows, largest)
-
-
-def _encoders(graphdef, shardings, data_cfg) -> dict:
-    normalize_pixels = pixel_normalizer(data_cfg.mean, data_cfg.std)
-
-    def image(params, pixels, normalize):
-        model = nnx.merge(graphdef, params)
-        pixels = normalize_pixels(pixels)
-        return model.encode_image(pixels) if normalize else model.image_features(pixels)
-
-    def text(params, ids, normalize):
-        model = nnx.merge(graphdef, params)
-        return model.encode_text(ids) if normalize else model.text_features(ids)
-
-    return {
-        (name, normalize): jax.jit(
-            lambda p, x, fn=fn, n=normalize: fn(p, x, n), in_shardings=(shardings, None)
-        )
-        for name, fn in (("image", image), ("text", text))
-        for normalize in (True, False)
-    }
 
 
 def load(

@@ -74,13 +74,11 @@ def _hf_model_type(path: Path) -> str | None:
     return json.loads(config.read_text()).get("model_type")
 
 
-def _run_config(config_json: Path) -> ml_collections.ConfigDict:
-    from clipjax.evaluate.fields import complete_evals, drop_unread_defaults
+def _run_config(path: Path) -> ml_collections.ConfigDict:
+    """The run's config.json in or above `path`, as `clipjax eval` reads it."""
+    from clipjax.evaluate.standalone import checkpoint_config
 
-    config = ml_collections.ConfigDict(json.loads(config_json.read_text()))
-    drop_unread_defaults(config)
-    complete_evals(config)
-    return config
+    return checkpoint_config(str(path), None)
 
 
 def _checkpoint(path: Path, step: int | None) -> Loaded:
@@ -92,7 +90,7 @@ def _checkpoint(path: Path, step: int | None) -> Loaded:
             f"{path} is not a clipjax workdir, checkpoint, export or HF directory: no "
             "config.json or export.json in it or above its checkpoints/"
         )
-    config = _run_config(config_json)
+    config = _run_config(path)
     flat, step = read_params(path, step)
     return Loaded(config, _unrolled(flat), f"clipjax checkpoint {path} step {step}")
 
@@ -100,7 +98,7 @@ def _checkpoint(path: Path, step: int | None) -> Loaded:
 def _export(path: Path) -> Loaded:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"the export {path} has no config.json (the run's config)")
-    config = _run_config(path / "config.json")
+    config = _run_config(path)
     if (path / "params.safetensors").is_file():
         from safetensors.numpy import load_file
 
@@ -120,19 +118,13 @@ def _unrolled(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _imported_config(model_cfg) -> ml_collections.ConfigDict:
-    """The embedded default config around an imported model, with the preprocessing and
-    tokenizer that go with OpenAI-style CLIP weights."""
+    """The embedded default config around an imported model (see
+    `adopt_imported_model`)."""
     from clipjax.config import load_config
-    from clipjax.evaluate.standalone import OPENAI_MEAN, OPENAI_STD
+    from clipjax.evaluate.standalone import adopt_imported_model
 
     config = load_config(None)
-    with config.unlocked():
-        config.model = model_cfg
-        config.data.image_size = model_cfg.image.image_size
-        config.data.mean, config.data.std = OPENAI_MEAN, OPENAI_STD
-        config.tokenizer.kind = "clip"
-        config.tokenizer.path = ""
-        config.tokenizer.context_length = model_cfg.text.context_length
+    adopt_imported_model(config, model_cfg)
     return config
 
 

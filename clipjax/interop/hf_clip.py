@@ -18,7 +18,7 @@ from clipjax.interop.hf_layout import (
     COPY,
     LINEAR,
     act,
-    block_table,
+    encoder_table,
     from_hf_state,
     to_hf_state,
     weights_file,
@@ -71,18 +71,7 @@ def name_table(model_cfg) -> list[tuple[str, str, tuple]]:
         ("text/proj/kernel", "text_projection.weight", LINEAR),
         ("logit_scale", "logit_scale", COPY),
     ]
-    for tower, prefix in TOWERS.items():
-        cfg = model_cfg[tower]
-        for layer in range(cfg.depth):
-            for ours, theirs, convert in block_table(cfg.heads):
-                table.append(
-                    (
-                        f"{tower}/encoder/blocks/{layer}/{ours}",
-                        f"{prefix}.encoder.layers.{layer}.{theirs}",
-                        convert,
-                    )
-                )
-    return table
+    return table + encoder_table(model_cfg, TOWERS)
 
 
 # ---- configs ---------------------------------------------------------------------------

@@ -87,6 +87,24 @@ def block_table(heads: int) -> list[tuple[str, str, tuple]]:
     return table
 
 
+def encoder_table(model_cfg, towers: dict[str, str]) -> list[tuple[str, str, tuple]]:
+    """The (clipjax, HF, conversions) rows of every encoder layer of `towers`
+    (clipjax tower name -> HF prefix, e.g. "image" -> "vision_model")."""
+    table = []
+    for tower, prefix in towers.items():
+        cfg = model_cfg[tower]
+        for layer in range(cfg.depth):
+            for ours, theirs, convert in block_table(cfg.heads):
+                table.append(
+                    (
+                        f"{tower}/encoder/blocks/{layer}/{ours}",
+                        f"{prefix}.encoder.layers.{layer}.{theirs}",
+                        convert,
+                    )
+                )
+    return table
+
+
 def act(name: str, where: str) -> str:
     if name not in HF_ACTIVATIONS:
         raise ValueError(

@@ -30,6 +30,7 @@ from clipjax.interop.hf_layout import (
     LINEAR,
     act,
     block_table,
+    encoder_table,
     from_hf_state,
     to_hf_state,
     weights_file,
@@ -102,18 +103,7 @@ def name_table(model_cfg) -> list[tuple[str, str, tuple]]:
         if ours.startswith("attn/"):
             hf_name = theirs.replace("self_attn.", "attention.")
             table.append((f"image/map_head/{ours}", f"{HEAD}.{hf_name}", convert))
-    for tower, prefix in (("image", v), ("text", t)):
-        cfg = model_cfg[tower]
-        for layer in range(cfg.depth):
-            for ours, theirs, convert in block_table(cfg.heads):
-                table.append(
-                    (
-                        f"{tower}/encoder/blocks/{layer}/{ours}",
-                        f"{prefix}.encoder.layers.{layer}.{theirs}",
-                        convert,
-                    )
-                )
-    return table
+    return table + encoder_table(model_cfg, {"image": v, "text": t})
 
 
 def _unpack_head(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -113,9 +113,8 @@ def check_plain_clip(state: dict[str, np.ndarray]) -> None:
 def model_config_from_open_clip(
     state: dict[str, np.ndarray], base: ml_collections.ConfigDict, shape: OpenClipShape
 ) -> ml_collections.ConfigDict:
-    """The clipjax model config a plain open_clip `CLIP` state dict implies, with the
-    head counts and activation `shape` gives."""
-    check_plain_clip(state)
+    """The clipjax model config a plain open_clip `CLIP` state dict (`check_plain_clip`)
+    implies, with the head counts and activation `shape` gives."""
     conv = state["visual.conv1.weight"]
     width, patch = conv.shape[0], conv.shape[-1]
     grid = math.isqrt(state["visual.positional_embedding"].shape[0] - 1)
