@@ -232,9 +232,17 @@ def test_slurm_batch_script_trains_on_a_real_cluster(tmp_path, digits_cache):
         str(ROOT / "launch" / "slurm.sbatch"), *_train_args(workdir, spec, 3),
     ]  # fmt: skip
     command.remove("train")  # the script runs `clipjax train` itself
+    installed = _installed_distributions()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     output = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
     assert done.returncode == 0, done.stderr + output[-3000:]
     saved = sorted(p.name for p in (workdir / "checkpoints" / "3" / "loader").glob("*.json"))
     assert saved == ["process_0-of-2.json", "process_1-of-2.json"]
     assert sorted(_losses(workdir)) == [1, 2, 3]
+    assert installed - _installed_distributions() == set()  # the job's sync removed nothing
+
+
+def _installed_distributions() -> set[str]:
+    listed = "import importlib.metadata as m; print(*{d.metadata['Name'] for d in m.distributions()})"
+    done = subprocess.run([sys.executable, "-c", listed], capture_output=True, text=True, check=True)
+    return set(done.stdout.split())

@@ -92,7 +92,7 @@ def test_slurm_dry_run_starts_clipjax_under_srun():
     env = {**os.environ, "DRY_RUN": "1", "UV": "uv"}
     out = _run("bash", str(LAUNCH / "slurm.sbatch"), "--workdir", "/shared/run 1", env=env)
     setup, gpu, train = (shlex.split(line) for line in out.splitlines())
-    assert setup == ["uv", "sync", "--locked"]
+    assert setup == ["uv", "sync", "--locked", "--inexact"]
     assert "jax[cuda12]==" in gpu[-1]
     assert train == [
         "srun", "uv", "run", "--no-sync", "clipjax", "train", "--workdir", "/shared/run 1",
