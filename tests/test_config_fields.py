@@ -328,12 +328,17 @@ def test_an_eval_entry_refuses_the_fields_its_kind_and_source_do_not_read():
         dict(
             coco=dict(kind="retrieval", source="clip_benchmark", dataset_dir="/d", limit=5),
             probe=dict(kind="linear_probe", source="tfds", dataset_name="cifar10"),
+            flickr=dict(
+                kind="retrieval", source="clip_benchmark", dataset_dir="/f", image_members="gif"
+            ),
         )
     )
     assert eval_problems(evals) == [
         "evals.coco has fields ['limit'] that kind 'retrieval' from source 'clip_benchmark' "
         "does not read; its fields: kind, source, split, every, batch_size, dataset_dir, "
-        "dataset_name",
+        "dataset_name, image_members",
+        "evals.flickr.image_members: key 'gif' is not decodable; allowed: "
+        "['cls', 'jpeg', 'jpg', 'json', 'png', 'txt', 'webp']",
         "evals.probe.source='tfds' needs evals.probe.dataset_dir",
     ]
     # a config.json written before entries held only their own fields: every field, at

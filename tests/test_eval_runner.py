@@ -2,6 +2,7 @@
 at step 0 and the end of training, and `clipjax eval` reproduces them."""
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -19,6 +20,7 @@ from clipjax.parallel import batch_sharding, build_mesh, rules_table
 from clipjax.train.optim import build_optimizer
 from clipjax.train.state import plan_train_state
 
+ROOT = Path(__file__).resolve().parents[1]
 ALL_KINDS = {
     "digits": "zeroshot",
     "digits_retrieval": "retrieval",
@@ -181,3 +183,71 @@ def test_eval_command_on_hf_weights(tmp_path, digits_cache, capsys):
 
     assert main(["eval", "--hf", str(tmp_path / "missing")]) == 2
     assert "config.json" in capsys.readouterr().err
+
+
+def _jpg_member_shards(digits_cache, out_dir) -> str:
+    """The digits training shards with each image member named `.jpg`, as an
+    img2dataset run writes them; returns their brace spec."""
+    import io
+    import tarfile
+
+    from clipjax.data.writer import build_digits_shards
+
+    urls = build_digits_shards(digits_cache).train_urls()[:2]
+    out_dir.mkdir()
+    for i, url in enumerate(urls):
+        with tarfile.open(url) as source, tarfile.open(out_dir / f"{i}.tar", "w") as target:
+            for member in source.getmembers():
+                data = source.extractfile(member).read()
+                member.name = member.name.replace(".png", ".jpg")
+                target.addfile(member, io.BytesIO(data))
+    return f"{out_dir}/{{0..1}}.tar"
+
+
+def test_an_eval_set_keeps_its_own_image_members_whatever_the_training_key(
+    tmp_path, digits_cache, caplog
+):
+    """The reported case: a run on `.jpg` shards (`data.image_key=jpg`) evaluated on a
+    CLIP_benchmark set of `.png` members failed with a warning per sample."""
+    from clipjax.data.writer import build_digits_shards
+
+    spec = _jpg_member_shards(digits_cache, tmp_path / "jpg_shards")
+    zeroshot_dir = build_digits_shards(digits_cache).zeroshot_dir
+    config_file = tmp_path / "jpg_run.py"
+    config_file.write_text(
+        "from clipjax.config import load_config\n"
+        "from clipjax.evaluate.fields import eval_entry\n"
+        "import ml_collections\n\n"
+        "def get_config(arg=None):\n"
+        f"    c = load_config({str(ROOT / 'configs/default.py')!r} + ':tiny')\n"
+        "    c.evals = ml_collections.ConfigDict()\n"
+        "    c.evals.bench = eval_entry('zeroshot', 'clip_benchmark', "
+        f"dataset_dir={str(zeroshot_dir)!r}, dataset_name='digits', batch_size=64)\n"
+        "    return c\n"
+    )
+    args = [
+        "train", "--config", str(config_file), "--workdir", str(tmp_path / "run"),
+        f"--config.data.cache_dir={digits_cache}", "--config.data.source=shards",
+        f"--config.data.train_shards={spec}", "--config.data.image_key=jpg",
+        "--config.train.steps=3", "--config.train.log_every=3",
+    ]  # fmt: skip
+    with caplog.at_level("WARNING"):
+        assert main(args) == 0
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert 0.0 <= rows[-1]["zeroshot/bench/top1"] <= 1.0
+    assert not [r for r in caplog.records if "skipped" in r.getMessage()]
+
+    # the entry's own keys, wrong on purpose: a clear error during setup, before any
+    # step, with one summary line for the shard
+    caplog.clear()
+    work2 = tmp_path / "run2"
+    with caplog.at_level("WARNING"), pytest.raises(ValueError, match="no readable sample"):
+        main([*args, f"--workdir={work2}", "--config.evals.bench.image_members=jpg"])
+    assert not (work2 / "checkpoints").exists() or not any((work2 / "checkpoints").iterdir())
+    skip_lines = [r.getMessage() for r in caplog.records if "sample(s) skipped" in r.getMessage()]
+    assert (
+        len(skip_lines) == 1
+        and "360 sample(s) skipped: 360 x none of the members ['jpg']" in (skip_lines[0])
+    )

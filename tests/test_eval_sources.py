@@ -248,6 +248,32 @@ def test_clip_benchmark_broken_shard_is_an_error(classification_dir):
         load_clip_benchmark(root, "fruit", TRANSFORM)
 
 
+def test_clip_benchmark_skips_are_summarised_per_shard(classification_dir, caplog):
+    """A wrong image key skips every sample: one summary line per shard with counts and
+    the members that were there, not one warning per sample."""
+    root, _ = classification_dir
+    with caplog.at_level("WARNING"), pytest.raises(ValueError) as failure:
+        load_clip_benchmark(root, "fruit", TRANSFORM, image_keys=("jpg",))
+    message = str(failure.value)
+    assert "no readable sample (8 unreadable skipped)" in message
+    assert "1.tar: 3 sample(s) skipped: 3 x none of the members ['jpg']" in message
+    assert "Members of the first samples: cls (8), png (6), webp (2)" in message
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 3  # the three shards
+    assert [line.rsplit("/", 1)[1] for line in lines] == [
+        "1.tar: 3 sample(s) skipped: 3 x none of the members ['jpg']",
+        "2.tar: 2 sample(s) skipped: 2 x none of the members ['jpg']",
+        "10.tar: 3 sample(s) skipped: 3 x none of the members ['jpg']",
+    ]
+
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        got = load_clip_benchmark(root, "fruit", TRANSFORM)  # the corrupt image: one skip
+    assert got.skipped == 1
+    shard_lines = [r.getMessage() for r in caplog.records if "2.tar:" in r.getMessage()]
+    assert len(shard_lines) == 1 and "1 sample(s) skipped: 1 x undecodable image" in shard_lines[0]
+
+
 # -- image folders --------------------------------------------------------------
 
 

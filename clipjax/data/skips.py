@@ -96,9 +96,8 @@ class SkipMonitor:
 
     def flush(self) -> None:
         """Logs each shard's skips since the last summary."""
-        for url, reasons in self._pending.items():
-            counts = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common(3))
-            log.warning("shard %s: %d sample(s) skipped: %s", url, sum(reasons.values()), counts)
+        for line in shard_summaries(self._pending):
+            log.warning("%s", line)
         self._pending = {}
         self._last_summary = time.monotonic()
 
@@ -117,6 +116,33 @@ class SkipMonitor:
                 f"; their json members have the fields: {', '.join(sorted(self.json_fields))}"
             )
         return message
+
+
+def shard_summaries(reasons_by_shard: dict[str, Counter[str]], most: int = 3) -> list[str]:
+    """One line per shard: its skip count and its `most` commonest reasons, counted."""
+    lines = []
+    for url, reasons in reasons_by_shard.items():
+        counts = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common(most))
+        lines.append(f"shard {url}: {sum(reasons.values())} sample(s) skipped: {counts}")
+    return lines
+
+
+class ShardSkips:
+    """Skips counted per shard and reason, for one summary line per shard at the end of
+    an ordered pass (an eval), instead of a warning per sample."""
+
+    def __init__(self) -> None:
+        self.by_shard: dict[str, Counter[str]] = {}
+
+    def add(self, skipped: Skipped) -> None:
+        self.by_shard.setdefault(skipped.url, Counter())[skipped.reason] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(sum(reasons.values()) for reasons in self.by_shard.values())
+
+    def lines(self) -> list[str]:
+        return shard_summaries(self.by_shard)
 
 
 def _json_fields(data) -> list[str]:

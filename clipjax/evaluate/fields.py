@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from clipjax.evaluate.sources import SOURCES
+from clipjax.data.decode import parse_keys
+from clipjax.evaluate.sources import CLIP_BENCHMARK_IMAGE_KEYS, SOURCES
 
 EVAL_KINDS = ("zeroshot", "retrieval", "linear_probe")
 EVAL_SOURCES = tuple(SOURCES)
@@ -17,6 +18,8 @@ EVAL_DEFAULTS = dict(
     train_split="train",  # linear_probe: the split the probe is fitted on
     templates_file="",  # one template per line with {c}; "" = the set's own or bundled
     classnames_file="",
+    # clip_benchmark: the image members, first found is used (not the training data's)
+    image_members=";".join(CLIP_BENCHMARK_IMAGE_KEYS),
     image_key="image",  # tfds features
     label_key="label",
     caption_key="",  # tfds retrieval sets
@@ -118,6 +121,11 @@ def _entry_problems(name: str, e, kind: str, source: str, reads_data: bool) -> l
         value = eval_field(e, field)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             problems.append(f"evals.{name}.{field}={value!r} must be an integer >= 0")
+    if "image_members" in used:
+        try:
+            parse_keys(eval_field(e, "image_members"))
+        except ValueError as exc:
+            problems.append(f"evals.{name}.image_members: {exc}")
     if eval_field(e, "batch_size") == 0:
         problems.append(f"evals.{name}.batch_size=0 must be positive")
     return problems

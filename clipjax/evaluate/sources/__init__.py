@@ -14,6 +14,9 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
+# CLIP_benchmark's image members, in its order: the default of `image_members`.
+CLIP_BENCHMARK_IMAGE_KEYS = ("webp", "png", "jpg", "jpeg")
+
 
 @dataclass(frozen=True)
 class EvalSource:
@@ -26,7 +29,7 @@ SOURCES = {
     "digits": EvalSource("clipjax.evaluate.sources.clip_benchmark:load_digits"),
     "clip_benchmark": EvalSource(
         "clipjax.evaluate.sources.clip_benchmark:load",
-        ("dataset_dir", "dataset_name"),
+        ("dataset_dir", "dataset_name", "image_members"),
         ("dataset_dir",),
     ),
     "image_folder": EvalSource(

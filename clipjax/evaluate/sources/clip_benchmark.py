@@ -21,6 +21,7 @@ from clipjax.data.decode import ImageTransform, parse_keys
 from clipjax.data.shards import DataStats, SampleStream, read_shard
 from clipjax.evaluate.assets import read_lines
 from clipjax.evaluate.fields import eval_field
+from clipjax.evaluate.sources import CLIP_BENCHMARK_IMAGE_KEYS
 from clipjax.evaluate.sources.evalset import (
     CLASSNAMES_FILE,
     DEFAULT_MAX_PIXELS,
@@ -35,7 +36,6 @@ from clipjax.evaluate.sources.evalset import (
     resolve_templates,
 )
 
-CLIP_BENCHMARK_IMAGE_KEYS = ("webp", "png", "jpg", "jpeg")
 DATASET_TYPE_FILE = "dataset_type.txt"
 CLIP_BENCHMARK_LAYOUT = (
     f"expected CLIP_benchmark's webdataset layout: DIR/{CLASSNAMES_FILE} (classification), "
@@ -143,8 +143,9 @@ def load_clip_benchmark(
 
 
 def load(name: str, entry, ctx: SourceContext, split: str) -> EvalSet:
-    """`evals.NAME` with `source="clip_benchmark"`: its `dataset_dir`, with the training
-    data's image keys."""
+    """`evals.NAME` with `source="clip_benchmark"`: its `dataset_dir`, decoding the
+    entry's `image_members` (CLIP_benchmark's order by default, whatever the training
+    data's `image_key`)."""
     return load_clip_benchmark(
         eval_field(entry, "dataset_dir"),
         eval_field(entry, "dataset_name") or name,
@@ -152,7 +153,7 @@ def load(name: str, entry, ctx: SourceContext, split: str) -> EvalSet:
         split,
         ctx.templates(entry),
         ctx.classnames(entry),
-        parse_keys(ctx.image_key),
+        parse_keys(eval_field(entry, "image_members")),
         ctx.max_pixels,
     )
 

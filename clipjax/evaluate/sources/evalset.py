@@ -12,7 +12,8 @@ with no readable sample, or a shard that cannot be read at all, is an error
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 
 from clipjax.data.decode import BadSample, ImageTransform, read_image, read_label
 from clipjax.data.pipeline import OrderedDecoder
-from clipjax.data.skips import Skipped
+from clipjax.data.skips import ShardSkips, Skipped
 from clipjax.evaluate.assets import (
     bundled_classnames,
     bundled_name,
@@ -42,18 +43,18 @@ TEMPLATES_FILE = "zeroshot_classification_templates.txt"
 @dataclass(frozen=True)
 class SourceContext:
     """What every source's loader takes from the run besides its eval entry: the eval
-    transform, the pixel limit, the training data's image keys and the digits cache."""
+    transform, the pixel limit and the digits cache. Member keys are the entry's own
+    (`image_members`): an eval set's layout is not the training data's."""
 
     transform: ImageTransform
     max_pixels: int
-    image_key: str
     image_size: int
     cache_dir: str
 
     @classmethod
     def from_data_config(cls, data) -> SourceContext:
         transform = ImageTransform(data.image_size, data.mean, data.std, train=False)
-        return cls(transform, data.max_pixels, data.image_key, data.image_size, data.cache_dir)
+        return cls(transform, data.max_pixels, data.image_size, data.cache_dir)
 
     @staticmethod
     def templates(entry) -> tuple[str, ...] | None:
@@ -189,20 +190,47 @@ def read_captions(sample: dict, key: str = "txt") -> tuple[str, ...]:
 
 
 def collect(items: Iterable, decoder, workers: int, where: str) -> tuple[np.ndarray, list, int]:
-    """Decodes every item in order: (uint8 crops, targets, number skipped)."""
-    crops, targets, skipped = [], [], 0
-    for _, result in OrderedDecoder(decoder, workers)(enumerate(items)):
+    """Decodes every item in order: (uint8 crops, targets, number skipped). Skips are
+    logged as one line per shard with counts by reason, never one per sample."""
+    crops, targets, skips = [], [], ShardSkips()
+    members = MemberCounter()
+    for _, result in OrderedDecoder(decoder, workers)(enumerate(members.watch(items))):
         if isinstance(result, Skipped):
-            skipped += 1
-            log.warning("%s: skipping sample %r in %s: %s", where, *result)
+            skips.add(result)
             continue
         crops.append(result[0])
         targets.append(result[1])
+    for line in skips.lines():
+        log.warning("%s: %s", where, line)
     if not crops:
-        raise ValueError(f"{where}: no readable sample ({skipped} unreadable skipped)")
-    if skipped:
-        log.warning("%s: %d unreadable sample(s) skipped, %d kept", where, skipped, len(crops))
-    return np.stack(crops), targets, skipped
+        summary = "; ".join(skips.lines()[:3])
+        raise ValueError(
+            f"{where}: no readable sample ({skips.total} unreadable skipped): {summary}. "
+            f"Members of the first samples: {members}"
+        )
+    if skips.total:
+        log.warning("%s: %d unreadable sample(s) skipped, %d kept", where, skips.total, len(crops))
+    return np.stack(crops), targets, skips.total
+
+
+class MemberCounter:
+    """The member names (extensions) of the first `limit` samples a pass reads, for the
+    message when none can be decoded (a wrong image key shows here)."""
+
+    def __init__(self, limit: int = 64):
+        self.limit = limit
+        self.seen = 0
+        self.counts: Counter[str] = Counter()
+
+    def watch(self, items: Iterable) -> Iterator:
+        for item in items:
+            if self.seen < self.limit and isinstance(item, dict):
+                self.seen += 1
+                self.counts.update(k for k in item if not k.startswith("__"))
+            yield item
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} ({n})" for name, n in sorted(self.counts.items())) or "none"
 
 
 def classification_set(
