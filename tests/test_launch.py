@@ -1,6 +1,7 @@
 """Real multi-process runs on this machine: the local launcher, srun's variables,
 and one process dying under another."""
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -243,6 +244,5 @@ def test_slurm_batch_script_trains_on_a_real_cluster(tmp_path, digits_cache):
 
 
 def _installed_distributions() -> set[str]:
-    listed = "import importlib.metadata as m; print(*{d.metadata['Name'] for d in m.distributions()})"
-    done = subprocess.run([sys.executable, "-c", listed], capture_output=True, text=True, check=True)
-    return set(done.stdout.split())
+    """The distributions installed in this test run's environment, by name."""
+    return {d.metadata["Name"] for d in importlib.metadata.distributions()}
