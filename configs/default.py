@@ -27,6 +27,10 @@ def get_config(arg=None):
     c.data.image_size = 32
     c.data.mean = (0.5, 0.5, 0.5)
     c.data.std = (0.5, 0.5, 0.5)
+    # the eval crop, as open_clip's eval transform (torchvision's arithmetic):
+    # shortest: short side, center crop | longest: long side, padded | squash: both sides
+    c.data.eval_resize = "shortest"
+    c.data.eval_interpolation = "bicubic"  # bicubic | bilinear
     c.data.crop_scale = (0.7, 1.0)  # random-resized-crop area range; (1.0, 1.0) disables
     # Training augmentations after the crop, each seeded by the sample's stream position
     # (clipjax/data/augment.py; configs/clip/vit_b16.py:improved uses them). A probability

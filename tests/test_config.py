@@ -94,6 +94,8 @@ def test_inconsistent_fields_are_all_listed():
             "model.text.heads=5",
             "optim.warmup_steps=10000",
             "tokenizer.context_length=20",
+            "data.eval_resize=crop",
+            "data.eval_interpolation=lanczos",
         ],
     )
     with pytest.raises(ConfigError) as info:
@@ -105,6 +107,8 @@ def test_inconsistent_fields_are_all_listed():
         "model.text.width=128 is not divisible by heads=5",
         "optim.warmup_steps=10000 must be in",
         "tokenizer.context_length=20 differs from model.text.context_length=32",
+        "data.eval_resize='crop' is not one of ('shortest', 'longest', 'squash')",
+        "data.eval_interpolation='lanczos' is not one of ('bicubic', 'bilinear')",
     ):
         assert expected in message
 

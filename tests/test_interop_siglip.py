@@ -113,6 +113,7 @@ def test_clipjax_load_reads_an_hf_siglip_directory(tmp_path):
     want_image, want_text = _torch_features(reference, pixels, tokens)
     model = clipjax.load(tmp_path)
     assert model.source == f"HF SigLIP {tmp_path}"
+    assert model.config.data.eval_resize == "squash"  # as SiglipImageProcessor: no crop
     got = model.encode_image(pixels.transpose(0, 2, 3, 1), normalize=False)
     np.testing.assert_allclose(got, want_image, atol=1e-5)
     np.testing.assert_allclose(model.encode_text(tokens, normalize=False), want_text, atol=1e-5)

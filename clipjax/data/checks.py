@@ -4,7 +4,7 @@ shards, keys, streams and skip limits make sense (the data package's own rules).
 from __future__ import annotations
 
 from clipjax.data.augment import augment_problems
-from clipjax.data.decode import parse_keys
+from clipjax.data.decode import check_resize, eval_resize_fields, parse_keys
 from clipjax.data.loader import example_numbering, stream_range, train_sources
 from clipjax.data.shards import check_openers
 from clipjax.data.skips import check_skip_limits
@@ -24,6 +24,8 @@ _IMAGE_TEXT_FIELDS = {
     **{name: str for name in ("train_shards", "cache_dir", "image_key", "text_key", "mode")},
     **{name: tuple for name in ("weights", "mean", "std", "crop_scale")},
 }
+# Fields an older config.json may lack: absent means what ran then.
+OPTIONAL_IMAGE_FIELDS = ("augment", "samples_per_shard", "eval_resize", "eval_interpolation")
 SOURCE_FIELDS = {
     "digits": _IMAGE_TEXT_FIELDS,
     "shards": _IMAGE_TEXT_FIELDS,
@@ -70,7 +72,7 @@ def data_problems(data, batch_size: int, num_processes: int, reads_data: bool = 
     if data.get("source") not in DATA_SOURCES:
         return [f"data.source={data.get('source')!r} is not one of {DATA_SOURCES}"]
     fields = SOURCE_FIELDS[data.source]
-    optional = {"augment", "samples_per_shard"} if data.source in IMAGE_TEXT_SOURCES else set()
+    optional = set(OPTIONAL_IMAGE_FIELDS) if data.source in IMAGE_TEXT_SOURCES else set()
     used = {"source", *fields} | optional
     problems = _type_problems(data, fields) + _unused(data, used)
     if problems or data.source == "xor":
@@ -136,6 +138,8 @@ def _decoding(data) -> list[str]:
         problems.append(f"data.crop_scale={tuple(data.crop_scale)} must satisfy 0 < lo <= hi <= 1")
     if len(data.mean) != 3 or len(data.std) != 3 or min(data.std) <= 0:
         problems.append("data.mean and data.std need 3 values each, std positive")
+    resize, interpolation = eval_resize_fields(data)
+    problems += [f"data.{p}" for p in check_resize(resize, interpolation)]
     return problems
 
 

@@ -100,12 +100,55 @@ def read_label(sample: dict) -> int:
         raise BadSample(f"bad .cls label {data[:20]!r}") from exc
 
 
+RESIZE_MODES = ("shortest", "longest", "squash")
+INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+
+
+def check_resize(resize_mode: str, interpolation: str) -> list[str]:
+    """Problems with an eval resize mode and an interpolation name."""
+    problems = []
+    if resize_mode not in RESIZE_MODES:
+        problems.append(f"eval_resize={resize_mode!r} is not one of {RESIZE_MODES}")
+    if interpolation not in INTERPOLATIONS:
+        allowed = tuple(INTERPOLATIONS)
+        problems.append(f"eval_interpolation={interpolation!r} is not one of {allowed}")
+    return problems
+
+
+def eval_resize_fields(data) -> tuple[str, str]:
+    """`data.eval_resize` and `data.eval_interpolation`; a config saved before they existed
+    ran with ("shortest", "bicubic")."""
+    return data.get("eval_resize") or "shortest", data.get("eval_interpolation") or "bicubic"
+
+
+def eval_transform(data, image_size: int | None = None) -> ImageTransform:
+    """The eval crop of the `data` config group, at `image_size` (default its own)."""
+    resize_mode, interpolation = eval_resize_fields(data)
+    return ImageTransform(
+        image_size or data.image_size,
+        data.mean,
+        data.std,
+        train=False,
+        resize_mode=resize_mode,
+        interpolation=interpolation,
+    )
+
+
 class ImageTransform:
     """PIL image -> crop (uint8 HWC) -> normalised float32.
 
     Training uses a random resized crop (area fraction in `crop_scale`, aspect
-    ratio in [3/4, 4/3]) and then `augment`; evaluation resizes the short side and
-    center-crops.
+    ratio in [3/4, 4/3]) and then `augment`. Evaluation follows open_clip's eval
+    transforms with torchvision's integer arithmetic, pixel for pixel:
+
+    - `shortest`: the short side to `size` (the long side truncated), then a center
+      crop whose offset is rounded (torchvision's `Resize(size)` + `CenterCrop`);
+    - `longest`: the long side to `size` (both sides rounded), then padded with
+      `fill` to a square (open_clip's `ResizeKeepRatio(longest=1)` + `CenterCropOrPad`);
+    - `squash`: both sides to `size`, the aspect ratio not kept.
+
+    Images are converted to RGB before resizing; open_clip resizes in the file's mode
+    first, which differs only for palette (nearest-neighbour there) and RGBA images.
     """
 
     def __init__(
@@ -116,8 +159,17 @@ class ImageTransform:
         train: bool,
         crop_scale: Sequence[float] = (1.0, 1.0),
         augment: ImageAugment | None = None,
+        resize_mode: str = "shortest",
+        interpolation: str = "bicubic",
+        fill: int = 0,
     ):
+        problems = check_resize(resize_mode, interpolation)
+        if problems:
+            raise ValueError("; ".join(problems))
         self.size = size
+        self.resize_mode = resize_mode
+        self.resample = INTERPOLATIONS[interpolation]
+        self.fill = fill
         self.mean = np.asarray(mean, np.float32) * 255.0
         self.inv_std = 1.0 / (np.asarray(std, np.float32) * 255.0)
         self.train = train
@@ -131,9 +183,9 @@ class ImageTransform:
         """The crop as uint8 HWC (4x less to move between processes than floats)."""
         if self.train and self.crop_scale != (1.0, 1.0):
             image = image.crop(self._random_box(image.size, rng))
-            image = image.resize((self.size, self.size), Image.BICUBIC)
+            image = image.resize((self.size, self.size), self.resample)
         else:
-            image = self._resize_center_crop(image)
+            image = self._eval_resize(image)
         if self.augment is not None:
             image = self.augment(image, rng)
         return np.asarray(image, np.uint8)
@@ -156,13 +208,35 @@ class ImageTransform:
                 return (left, top, left + w, top + h)
         return (0, 0, width, height)
 
-    def _resize_center_crop(self, image: Image.Image) -> Image.Image:
+    def _eval_resize(self, image: Image.Image) -> Image.Image:
         width, height = image.size
-        if (width, height) != (self.size, self.size):
-            scale = self.size / min(width, height)
-            new = (max(self.size, round(width * scale)), max(self.size, round(height * scale)))
-            image = image.resize(new, Image.BICUBIC)
-            left = (new[0] - self.size) // 2
-            top = (new[1] - self.size) // 2
-            image = image.crop((left, top, left + self.size, top + self.size))
+        size = self.size
+        if self.resize_mode == "squash":
+            return image.resize((size, size), self.resample)
+        if self.resize_mode == "shortest":
+            short, long = min(width, height), max(width, height)
+            scaled = int(size * long / short)  # torchvision truncates the long side
+            new = (size, scaled) if width <= height else (scaled, size)
+        else:
+            ratio = max(width, height) / size
+            new = (round(width / ratio), round(height / ratio))
+        if new != (width, height):
+            image = image.resize(new, self.resample)
+        return center_crop_or_pad(image, size, self.fill)
+
+
+def center_crop_or_pad(image: Image.Image, size: int, fill: int = 0) -> Image.Image:
+    """The `size` square at the center, padding with `fill` first where a side is
+    shorter (the extra pixel on the right/bottom); offsets rounded half to even, as
+    torchvision's `CenterCrop` computes them."""
+    width, height = image.size
+    if width < size or height < size:
+        left, top = max(size - width, 0) // 2, max(size - height, 0) // 2
+        bands = (fill,) * len(image.getbands())
+        padded = Image.new(image.mode, (max(width, size), max(height, size)), bands)
+        padded.paste(image, (left, top))
+        image, (width, height) = padded, padded.size
+    if (width, height) == (size, size):
         return image
+    top, left = round((height - size) / 2), round((width - size) / 2)
+    return image.crop((left, top, left + size, top + size))

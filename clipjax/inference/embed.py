@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipjax.data.decode import ImageTransform, image_files, read_image
+from clipjax.data.decode import ImageTransform, eval_transform, image_files, read_image
 from clipjax.data.pipeline import OrderedDecoder
 from clipjax.data.shards import DataStats, expand_urls, read_shard
 from clipjax.data.skips import Skipped
@@ -55,8 +55,7 @@ class ImageDecoder:
 
 def image_decoder(model, image_keys: tuple[str, ...], max_pixels: int) -> ImageDecoder:
     """The decoder that crops images as `model`'s eval does."""
-    data = model.config.data
-    transform = ImageTransform(model.image_size, data.mean, data.std, train=False)
+    transform = eval_transform(model.config.data, model.image_size)
     return ImageDecoder(transform, tuple(image_keys), max_pixels)
 
 

@@ -18,7 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from PIL import Image
 
-from clipjax.data.decode import ImageTransform
+from clipjax.data.decode import eval_transform
 from clipjax.data.pixels import pixel_normalizer
 from clipjax.data.tokenizers import build_tokenizer
 from clipjax.evaluate.runner import make_encoders
@@ -56,9 +56,7 @@ class LoadedModel:
         self._batch_sharding = lambda ndim: batch_sharding(self.mesh, rules, ndim)
         self._devices = self.mesh.size // _replicas(self.mesh, rules)
         self.batch_size = max(batch_size // self._devices, 1) * self._devices
-        self._transform = ImageTransform(
-            config.data.image_size, config.data.mean, config.data.std, train=False
-        )
+        self._transform = eval_transform(config.data)
         self._tokenizer = build_tokenizer(config.tokenizer)
         self._tokenizer_problems = imported_tokenizer_problems(config)
         self._encoders = {

@@ -142,9 +142,10 @@ def _hf(path: Path, model_type: str) -> Loaded:
     read, family = readers[model_type]
     model_cfg, params = read(path, load_config(None).model)
     config = _imported_config(model_cfg)
-    if model_type == "siglip":  # SigLIP's preprocessing: pixels scaled to [-1, 1]
-        with config.unlocked():
+    if model_type == "siglip":  # SigLIP's preprocessing: pixels scaled to [-1, 1], and
+        with config.unlocked():  # resized to the square without a crop (HF and open_clip)
             config.data.mean, config.data.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+            config.data.eval_resize = "squash"
     return Loaded(config, params, f"HF {family} {path}")
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from clipjax.data.decode import BadSample, ImageTransform, read_image, read_label
+from clipjax.data.decode import BadSample, ImageTransform, eval_transform, read_image, read_label
 from clipjax.data.pipeline import OrderedDecoder
 from clipjax.data.skips import ShardSkips, Skipped
 from clipjax.evaluate.assets import (
@@ -53,7 +53,7 @@ class SourceContext:
 
     @classmethod
     def from_data_config(cls, data) -> SourceContext:
-        transform = ImageTransform(data.image_size, data.mean, data.std, train=False)
+        transform = eval_transform(data)
         return cls(transform, data.max_pixels, data.image_size, data.cache_dir)
 
     @staticmethod
