@@ -6,9 +6,9 @@ from __future__ import annotations
 import ml_collections
 
 from clipjax.data.decode import parse_keys
-from clipjax.evaluate.sources import CLIP_BENCHMARK_IMAGE_KEYS, SOURCES
+from clipjax.evaluate.sources import BATCH_KINDS, CLIP_BENCHMARK_IMAGE_KEYS, SOURCES
 
-EVAL_KINDS = ("zeroshot", "retrieval", "linear_probe")
+EVAL_KINDS = ("zeroshot", "retrieval", "linear_probe", "contrastive_loss")
 EVAL_SOURCES = tuple(SOURCES)
 # Optional fields of an eval entry and their defaults.
 EVAL_DEFAULTS = dict(
@@ -24,6 +24,8 @@ EVAL_DEFAULTS = dict(
     label_key="label",
     caption_key="",  # tfds retrieval sets
     limit=0,  # tfds: first N examples only; 0 = all
+    shards="",  # contrastive_loss: held-out shards, a brace spec like data.train_shards
+    batches=10,  # contrastive_loss: the fixed number of batches the loss is averaged over
     every=0,  # > 0: at step 0, every N steps and the last step; 0: the last step only
     batch_size=256,
 )
@@ -32,6 +34,7 @@ KIND_FIELDS = {
     "zeroshot": ("templates_file", "classnames_file"),
     "retrieval": (),
     "linear_probe": ("train_split", "classnames_file"),
+    "contrastive_loss": ("batches",),  # the same loss as training: batch_size matters
 }
 
 
@@ -101,6 +104,13 @@ def eval_problems(evals, reads_data: bool = True) -> list[str]:
                 if value not in allowed
             ]
             continue
+        batch_pair = kind in BATCH_KINDS or source in BATCH_KINDS.values()
+        if batch_pair and BATCH_KINDS.get(kind) != source:
+            problems.append(
+                f"evals.{name}: kind {kind!r} with source {source!r}; kind 'contrastive_loss' "
+                "takes source 'shards' (held-out shards), and only it does"
+            )
+            continue
         problems += _entry_problems(name, e, kind, source, reads_data)
     return problems
 
@@ -117,7 +127,7 @@ def _entry_problems(name: str, e, kind: str, source: str, reads_data: bool) -> l
     for field in SOURCES[source].needs if reads_data else ():
         if not eval_field(e, field):
             problems.append(f"evals.{name}.source={source!r} needs evals.{name}.{field}")
-    for field in ("every", "batch_size", "limit"):
+    for field in ("every", "batch_size", "limit", "batches"):
         value = eval_field(e, field)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             problems.append(f"evals.{name}.{field}={value!r} must be an integer >= 0")
@@ -126,8 +136,9 @@ def _entry_problems(name: str, e, kind: str, source: str, reads_data: bool) -> l
             parse_keys(eval_field(e, "image_members"))
         except ValueError as exc:
             problems.append(f"evals.{name}.image_members: {exc}")
-    if eval_field(e, "batch_size") == 0:
-        problems.append(f"evals.{name}.batch_size=0 must be positive")
+    for field in ("batch_size", "batches"):
+        if eval_field(e, field) == 0:
+            problems.append(f"evals.{name}.{field}=0 must be positive")
     return problems
 
 

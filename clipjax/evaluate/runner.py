@@ -5,6 +5,7 @@ Each entry of `config.evals` names a kind, a source and an interval:
     evals.NAME = dict(kind="zeroshot" | "retrieval" | "linear_probe",
                       source="digits" | "clip_benchmark" | "image_folder" | "tfds",
                       dataset_dir=..., every=N, batch_size=B, ...)
+    evals.NAME = dict(kind="contrastive_loss", source="shards", shards=SPEC, batches=N)
 
 An entry with `every > 0` runs at step 0, every `every` steps and at the last
 step; `every = 0` only at the last step.
@@ -20,10 +21,12 @@ import jax
 import numpy as np
 from flax import nnx
 
+from clipjax.data.loader import to_global
 from clipjax.data.pixels import pixel_normalizer
 from clipjax.data.tokenizers import Tokenizer
 from clipjax.evaluate.features import embed_all
 from clipjax.evaluate.fields import EVAL_KINDS, eval_field
+from clipjax.evaluate.heldout import HeldOutShards, held_out_shards
 from clipjax.evaluate.linear_probe import linear_probe
 from clipjax.evaluate.retrieval import flatten_captions, retrieval_metrics
 from clipjax.evaluate.sources import load_split
@@ -41,6 +44,7 @@ class EvalContext:
     encode_text: Callable[[np.ndarray], np.ndarray]
     tokenizer: Tokenizer
     sharding_for: Callable
+    batch_loss: Callable[[dict], dict] | None = None  # placed batch -> the objective's values
 
     def images(self, images: np.ndarray, batch: int) -> np.ndarray:
         return embed_all(self.encode_image, images, batch, self.sharding_for)
@@ -103,12 +107,38 @@ class LinearProbeEval:
         return linear_probe(train, self.train.labels, test, self.data.labels)
 
 
-def build_eval(name: str, cfg, data_cfg):
+@dataclass
+class ValidationLossEval:
+    """The training objective, without masking, on a fixed set of held-out batches:
+    each value the objective reports, averaged over the batches."""
+
+    kind = "contrastive_loss"
+    name: str
+    every: int
+    batch_size: int
+    data: HeldOutShards
+
+    def metrics(self, ctx: EvalContext) -> dict[str, float]:
+        if ctx.batch_loss is None:
+            raise ValueError(f"evals.{self.name}: this run has no objective to evaluate")
+        sums: dict[str, float] = {}
+        for batch in self.data:
+            values = jax.device_get(ctx.batch_loss(to_global(batch, ctx.sharding_for)))
+            for key, value in values.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+        return {key: total / self.data.batches for key, total in sums.items()}
+
+
+def build_eval(name: str, cfg, data_cfg, tokenizer: Tokenizer | None = None):
     """The eval entry `name` with its data loaded (images as the data config crops them)."""
     ctx = SourceContext.from_data_config(data_cfg)
     if cfg.kind not in EVAL_KINDS:
         raise ValueError(f"evals.{name}.kind={cfg.kind!r}; expected one of {EVAL_KINDS}")
     every, batch = eval_field(cfg, "every"), eval_field(cfg, "batch_size")
+    if cfg.kind == "contrastive_loss":
+        spec, batches = eval_field(cfg, "shards"), eval_field(cfg, "batches")
+        data = held_out_shards(name, spec, batches, batch, data_cfg, tokenizer)
+        return ValidationLossEval(name, every, batch, data)
     data = load_split(name, cfg, ctx, eval_field(cfg, "split"))
     if data.skipped:
         log.warning("evals.%s: %d unreadable samples skipped", name, data.skipped)
@@ -157,9 +187,22 @@ def make_encoders(
 class Evaluator:
     """Loads every configured eval set once; `run(params, step)` returns the metrics due."""
 
-    def __init__(self, config, spec, tokenizer: Tokenizer, sharding_for: Callable, param_shardings):
-        self.evals = [build_eval(name, cfg, config.data) for name, cfg in config.evals.items()]
+    def __init__(
+        self,
+        config,
+        spec,
+        tokenizer: Tokenizer,
+        sharding_for: Callable,
+        param_shardings,
+        batch_loss: Callable | None = None,
+    ):
+        """`batch_loss(params, batch) -> {name: scalar}`: the training objective, for
+        `contrastive_loss` entries (`clipjax.train.validation_loss`)."""
+        self.evals = [
+            build_eval(name, cfg, config.data, tokenizer) for name, cfg in config.evals.items()
+        ]
         self.tokenizer = tokenizer
+        self._batch_loss = batch_loss
         self.sharding_for = sharding_for
         self.total_steps = config.train.steps
         self._encode_image = self._encode_text = None
@@ -177,6 +220,7 @@ class Evaluator:
             lambda x: self._encode_text(params, x),
             self.tokenizer,
             self.sharding_for,
+            None if self._batch_loss is None else lambda batch: self._batch_loss(params, batch),
         )
         metrics: dict[str, float] = {}
         for ev in self.evals:

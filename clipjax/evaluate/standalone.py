@@ -146,6 +146,7 @@ def evaluate(
     from clipjax.interop.params_tree import abstract_params, fill_params
     from clipjax.models.spec import model_spec
     from clipjax.parallel import batch_sharding, build_mesh, param_shardings, rules_table
+    from clipjax.train.validation_loss import make_batch_loss
 
     mesh = build_mesh(config.mesh)
     rules = rules_table(config.sharding_rules)
@@ -165,5 +166,6 @@ def evaluate(
         return batch_sharding(mesh, rules, ndim)
 
     tokenizer = build_tokenizer(config.tokenizer)
-    evaluator = Evaluator(config, spec, tokenizer, sharding_for, shardings)
+    batch_loss = make_batch_loss(config, mesh, spec, shardings)
+    evaluator = Evaluator(config, spec, tokenizer, sharding_for, shardings, batch_loss)
     return evaluator.run(params, config.train.steps, force=True)

@@ -28,6 +28,7 @@ from clipjax.train.program import StepProgram, build_step_program
 from clipjax.train.state import StatePlan, state_as_dict, state_from_dict
 from clipjax.train.step_clock import StepClock
 from clipjax.train.utilisation import Utilisation, utilisation_for
+from clipjax.train.validation_loss import make_batch_loss
 from clipjax.train.watchdog import Watchdog
 from clipjax.validation import validate
 
@@ -165,7 +166,10 @@ def _setup(config, workdir: Path, devices, watchdog: Watchdog):
 
     stats = DataStats()
     batches = Prefetch(iter(batch_source(config, tokenizer, stats, loader_state)))
-    evaluator = Evaluator(config, plan.spec, tokenizer, sharding_for, plan.shardings.params)
+    batch_loss = make_batch_loss(config, program.mesh, plan.spec, plan.shardings.params)
+    evaluator = Evaluator(
+        config, plan.spec, tokenizer, sharding_for, plan.shardings.params, batch_loss
+    )
     result = TrainResult(steps=config.train.steps, wall_seconds=0.0, start_step=start)
     run = _Run(
         config,
