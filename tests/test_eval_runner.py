@@ -59,28 +59,28 @@ def test_digits_evals_on_8_devices_equal_a_direct_computation(tiny_config):
         return np.asarray(model.encode_image(normalize(crops)))
 
     by_name = {ev.name: ev for ev in evaluator.evals}
-    zeroshot, retrieval, probe = (by_name[n] for n in ALL_KINDS)
-    assert len(zeroshot.data.images) == 360 and len(probe.train.images) == 1437
-    image = encode_image(zeroshot.data.images)
+    streamed = by_name["digits"], by_name["digits_retrieval"], by_name["digits_probe"]
+    # the streamed evals against the whole sets read into memory, on one device
+    zeroshot, retrieval = (ev.data.collect() for ev in streamed[:2])
+    probe_train = streamed[2].train.collect()
+    assert len(zeroshot.images) == 360 and len(probe_train.images) == 1437
+    image = encode_image(zeroshot.images)
     classes = class_embeddings(
         lambda t: np.asarray(model.encode_text(t)),
         tokenizer,
-        zeroshot.data.classnames,
-        zeroshot.data.templates,
+        zeroshot.classnames,
+        zeroshot.templates,
     )
-    want = classification_metrics(image, classes, zeroshot.data.labels)
-    texts, owner = flatten_captions(retrieval.data.captions)
+    want = classification_metrics(image, classes, zeroshot.labels)
+    texts, owner = flatten_captions(retrieval.captions)
     assert len(texts) == 720  # two captions per held-out digit
     want_r = retrieval_metrics(
-        encode_image(retrieval.data.images),
+        encode_image(retrieval.images),
         np.asarray(model.encode_text(tokenizer(texts))),
         owner,
     )
     want_p = linear_probe(
-        encode_image(probe.train.images),
-        probe.train.labels,
-        image,
-        probe.data.labels,
+        encode_image(probe_train.images), probe_train.labels, image, zeroshot.labels
     )
     tolerance = 2 / 360  # float32 sums in another order may swap a near-tie or two
     for key, value in want.items():
@@ -240,7 +240,7 @@ def test_an_eval_set_keeps_its_own_image_members_whatever_the_training_key(
     assert not [r for r in caplog.records if "skipped" in r.getMessage()]
 
     # the entry's own keys, wrong on purpose: a clear error during setup, before any
-    # step, with one summary line for the shard
+    # step (its first 32 samples are decoded as a check), one summary line for the shard
     caplog.clear()
     work2 = tmp_path / "run2"
     with caplog.at_level("WARNING"), pytest.raises(ValueError, match="no readable sample"):
@@ -249,5 +249,5 @@ def test_an_eval_set_keeps_its_own_image_members_whatever_the_training_key(
     skip_lines = [r.getMessage() for r in caplog.records if "sample(s) skipped" in r.getMessage()]
     assert (
         len(skip_lines) == 1
-        and "360 sample(s) skipped: 360 x none of the members ['jpg']" in (skip_lines[0])
+        and "32 sample(s) skipped: 32 x none of the members ['jpg']" in (skip_lines[0])
     )

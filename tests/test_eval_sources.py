@@ -461,3 +461,54 @@ def test_image_folder_splits_for_evals(image_folder, tmp_path):
         build_eval(
             "pets", ConfigDict({**probe, "dataset_dir": str(split_root), "split": "val"}), data
         )
+
+
+def test_a_streamed_set_splits_its_samples_between_processes(classification_dir):
+    """Each of 2 processes decodes every other sample, a batch at a time; together they
+    give the in-memory set exactly once, in order, the corrupt sample skipped."""
+    from clipjax.evaluate.sources.clip_benchmark import open_clip_benchmark
+
+    root, _ = classification_dir
+    streamed = open_clip_benchmark(root, "fruit", TRANSFORM)
+    whole = streamed.collect()
+    parts = {}
+    for process in (0, 1):
+        batches = list(streamed.local_batches(2, process, 2))
+        assert all(len(b.crops) <= 2 for b in batches)
+        for batch in batches:
+            for crop, label, position in zip(
+                batch.crops, batch.targets, batch.positions, strict=True
+            ):
+                assert position % 2 == process
+                parts[int(position)] = (crop, label)
+    assert sorted(parts) == [0, 1, 2, 3, 5, 6, 7]  # 8 samples, position 4 is corrupt
+    np.testing.assert_array_equal(np.stack([parts[p][0] for p in sorted(parts)]), whole.images)
+    assert [parts[p][1] for p in sorted(parts)] == whole.labels.tolist()
+
+
+def test_embed_stream_on_8_devices_equals_embedding_the_whole_array(classification_dir):
+    import jax
+
+    from clipjax.evaluate.features import embed_all, embed_stream
+    from clipjax.evaluate.sources.clip_benchmark import open_clip_benchmark
+    from clipjax.parallel import batch_sharding, build_mesh
+
+    mesh = build_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+    rules = {"batch": ("data",)}
+    assert jax.device_count() == 8
+
+    def sharding_for(ndim):
+        return batch_sharding(mesh, rules, ndim)
+
+    def encode(x):  # a per-row function whose rows can be told apart
+        return x.astype("float32").reshape(x.shape[0], -1)[:, :5] * 2.0
+
+    root, _ = classification_dir
+    streamed = open_clip_benchmark(root, "fruit", TRANSFORM)
+    got, labels = embed_stream(
+        jax.jit(encode), streamed.local_batches(8), 8, streamed.crop_shape, sharding_for
+    )
+    whole = streamed.collect()
+    want = embed_all(jax.jit(encode), whole.images, 8, sharding_for)
+    np.testing.assert_array_equal(got, want)
+    assert labels == whole.labels.tolist()

@@ -24,13 +24,15 @@ from flax import nnx
 from clipjax.data.loader import to_global
 from clipjax.data.pixels import pixel_normalizer
 from clipjax.data.tokenizers import Tokenizer
-from clipjax.evaluate.features import embed_all
+from clipjax.evaluate.assets import check_templates
+from clipjax.evaluate.features import embed_all, embed_stream
 from clipjax.evaluate.fields import EVAL_KINDS, eval_field
 from clipjax.evaluate.heldout import HeldOutShards, held_out_shards
 from clipjax.evaluate.linear_probe import linear_probe
 from clipjax.evaluate.retrieval import flatten_captions, retrieval_metrics
 from clipjax.evaluate.sources import load_split
-from clipjax.evaluate.sources.evalset import EvalSet, SourceContext
+from clipjax.evaluate.sources.evalset import SourceContext
+from clipjax.evaluate.sources.streamed import StreamedSet
 from clipjax.evaluate.zeroshot import class_embeddings, classification_metrics
 
 log = logging.getLogger(__name__)
@@ -46,16 +48,33 @@ class EvalContext:
     sharding_for: Callable
     batch_loss: Callable[[dict], dict] | None = None  # placed batch -> the objective's values
 
-    def images(self, images: np.ndarray, batch: int) -> np.ndarray:
-        return embed_all(self.encode_image, images, batch, self.sharding_for)
-
     def texts(self, tokens: np.ndarray, batch: int) -> np.ndarray:
         return embed_all(self.encode_text, tokens, batch, self.sharding_for)
 
+    def images(self, data: StreamedSet, batch: int) -> tuple[np.ndarray, list]:
+        """The image embeddings and targets of a streamed set, in its order, each
+        process decoding its share a batch at a time."""
+        count, index = jax.process_count(), jax.process_index()
+        local = data.local_batches(batch // count, index, count)
+        embeddings, targets = embed_stream(
+            self.encode_image, local, batch, data.crop_shape, self.sharding_for
+        )
+        if not targets:
+            raise ValueError(f"{data.where}: no readable sample (see the skips logged above)")
+        return embeddings, targets
 
-def _require(data: EvalSet, kind: str, name: str, what: str, present) -> None:
-    if present is None:
-        raise ValueError(f"evals.{name} (kind {kind!r}): the set {data.name!r} has no {what}")
+
+def _labels(data: StreamedSet, targets: list) -> np.ndarray:
+    labels = np.asarray(targets, np.int64)
+    data.check_labels(labels)
+    return labels
+
+
+def _require(data: StreamedSet, kind: str, name: str, wanted: str) -> None:
+    if data.kind != wanted:
+        raise ValueError(
+            f"evals.{name} (kind {kind!r}): the set {data.name!r} is a {data.kind} set"
+        )
 
 
 @dataclass
@@ -64,17 +83,17 @@ class ZeroShotEval:
     name: str
     every: int
     batch_size: int
-    data: EvalSet
+    data: StreamedSet
 
     def metrics(self, ctx: EvalContext) -> dict[str, float]:
         classes = class_embeddings(
             lambda tokens: ctx.texts(tokens, self.batch_size),
             ctx.tokenizer,
             self.data.classnames,
-            self.data.templates,
+            check_templates(self.data.templates, self.data.name),
         )
-        image = ctx.images(self.data.images, self.batch_size)
-        return classification_metrics(image, classes, self.data.labels)
+        image, targets = ctx.images(self.data, self.batch_size)
+        return classification_metrics(image, classes, _labels(self.data, targets))
 
 
 @dataclass
@@ -83,12 +102,12 @@ class RetrievalEval:
     name: str
     every: int
     batch_size: int
-    data: EvalSet
+    data: StreamedSet
 
     def metrics(self, ctx: EvalContext) -> dict[str, float]:
-        texts, owner = flatten_captions(self.data.captions)
+        image, captions = ctx.images(self.data, self.batch_size)
+        texts, owner = flatten_captions(captions)
         text = ctx.texts(ctx.tokenizer(texts), self.batch_size)
-        image = ctx.images(self.data.images, self.batch_size)
         return retrieval_metrics(image, text, owner)
 
 
@@ -98,13 +117,15 @@ class LinearProbeEval:
     name: str
     every: int
     batch_size: int
-    data: EvalSet
-    train: EvalSet
+    data: StreamedSet
+    train: StreamedSet
 
     def metrics(self, ctx: EvalContext) -> dict[str, float]:
-        train = ctx.images(self.train.images, self.batch_size)
-        test = ctx.images(self.data.images, self.batch_size)
-        return linear_probe(train, self.train.labels, test, self.data.labels)
+        train, train_targets = ctx.images(self.train, self.batch_size)
+        test, test_targets = ctx.images(self.data, self.batch_size)
+        return linear_probe(
+            train, _labels(self.train, train_targets), test, _labels(self.data, test_targets)
+        )
 
 
 @dataclass
@@ -130,7 +151,8 @@ class ValidationLossEval:
 
 
 def build_eval(name: str, cfg, data_cfg, tokenizer: Tokenizer | None = None):
-    """The eval entry `name` with its data loaded (images as the data config crops them)."""
+    """The eval entry `name` with its data opened, not read: its first samples are
+    decoded as a check, the rest streams at each evaluation."""
     ctx = SourceContext.from_data_config(data_cfg)
     if cfg.kind not in EVAL_KINDS:
         raise ValueError(f"evals.{name}.kind={cfg.kind!r}; expected one of {EVAL_KINDS}")
@@ -140,16 +162,16 @@ def build_eval(name: str, cfg, data_cfg, tokenizer: Tokenizer | None = None):
         data = held_out_shards(name, spec, batches, batch, data_cfg, tokenizer)
         return ValidationLossEval(name, every, batch, data)
     data = load_split(name, cfg, ctx, eval_field(cfg, "split"))
-    if data.skipped:
-        log.warning("evals.%s: %d unreadable samples skipped", name, data.skipped)
+    data.check_readable()
     if cfg.kind == "retrieval":
-        _require(data, cfg.kind, name, "captions", data.captions)
+        _require(data, cfg.kind, name, "retrieval")
         return RetrievalEval(name, every, batch, data)
-    _require(data, cfg.kind, name, "labels", data.labels)
+    _require(data, cfg.kind, name, "classification")
     if cfg.kind == "zeroshot":
         return ZeroShotEval(name, every, batch, data)
     train = load_split(name, cfg, ctx, eval_field(cfg, "train_split"))
-    _require(train, cfg.kind, name, "training labels", train.labels)
+    train.check_readable()
+    _require(train, cfg.kind, name, "classification")
     if train.classnames != data.classnames:
         raise ValueError(
             f"evals.{name}: the {eval_field(cfg, 'train_split')!r} and "

@@ -14,7 +14,7 @@ The `digits` source is this layout too, built from scikit-learn's digits.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from clipjax.data.decode import ImageTransform, parse_keys
@@ -29,12 +29,11 @@ from clipjax.evaluate.sources.evalset import (
     EvalSet,
     SampleDecoder,
     SourceContext,
-    classification_set,
     classnames_or_bundled,
-    collect,
     optional_lines,
     resolve_templates,
 )
+from clipjax.evaluate.sources.streamed import StreamedSet
 
 DATASET_TYPE_FILE = "dataset_type.txt"
 CLIP_BENCHMARK_LAYOUT = (
@@ -97,7 +96,7 @@ def clip_benchmark_kind(directory: str | Path, shards: Sequence[str]) -> str:
     raise ValueError(f"no readable sample in the shards of {root}")
 
 
-def load_clip_benchmark(
+def open_clip_benchmark(
     directory: str | Path,
     name: str,
     transform: ImageTransform,
@@ -108,8 +107,9 @@ def load_clip_benchmark(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     *,
     workers: int = 0,
-) -> EvalSet:
-    """A CLIP_benchmark webdataset directory (see the module docstring), in shard order.
+) -> StreamedSet:
+    """A CLIP_benchmark webdataset directory (see the module docstring), in shard order,
+    not yet read.
 
     Classification: class names from `classnames=` > `classnames.txt` > the bundled
     set `name`; templates by `resolve_templates`. Retrieval: captions from `.txt`.
@@ -121,32 +121,38 @@ def load_clip_benchmark(
     where = f"{name} ({root}/{split})"
     if kind == "retrieval" and (templates is not None or classnames is not None):
         raise ValueError(f"{where} is a retrieval set; class names and templates do not apply")
+    names = chosen = None
     if kind == "classification":  # resolved first: a missing file fails before decoding
         names = classnames_or_bundled(
             name, classnames, optional_lines(root / CLASSNAMES_FILE), str(root)
         )
         chosen = resolve_templates(name, templates, optional_lines(root / TEMPLATES_FILE))
-    stats = DataStats()
-    stream = SampleStream(shards, seed=0, mode="once", shuffle_shards=False, stats=stats)
     decoder = SampleDecoder(
         transform, tuple(image_keys), max_pixels, "cls" if kind == "classification" else "txt"
     )
-    images, targets, skipped = collect(stream, decoder, workers, where)
-    if stats.failed_shards:
-        raise RuntimeError(
-            f"{where}: {stats.failed_shards} shard(s) could not be read (see the log); "
-            "refusing to evaluate on part of the set"
-        )
-    if kind == "retrieval":
-        return EvalSet(name, images, None, None, None, tuple(targets), skipped)
-    return classification_set(name, images, targets, names, chosen, skipped)
+
+    def items() -> Iterator[dict]:
+        stats = DataStats()
+        yield from SampleStream(shards, seed=0, mode="once", shuffle_shards=False, stats=stats)
+        if stats.failed_shards:
+            raise RuntimeError(
+                f"{where}: {stats.failed_shards} shard(s) could not be read (see the log); "
+                "refusing to evaluate on part of the set"
+            )
+
+    return StreamedSet(name, kind, items, decoder, where, workers, names, chosen)
 
 
-def load(name: str, entry, ctx: SourceContext, split: str) -> EvalSet:
+def load_clip_benchmark(*args, **kwargs) -> EvalSet:
+    """`open_clip_benchmark(...)` read into memory."""
+    return open_clip_benchmark(*args, **kwargs).collect()
+
+
+def load(name: str, entry, ctx: SourceContext, split: str) -> StreamedSet:
     """`evals.NAME` with `source="clip_benchmark"`: its `dataset_dir`, decoding the
     entry's `image_members` (CLIP_benchmark's order by default, whatever the training
     data's `image_key`)."""
-    return load_clip_benchmark(
+    return open_clip_benchmark(
         eval_field(entry, "dataset_dir"),
         eval_field(entry, "dataset_name") or name,
         ctx.transform,
@@ -158,13 +164,13 @@ def load(name: str, entry, ctx: SourceContext, split: str) -> EvalSet:
     )
 
 
-def load_digits(name: str, entry, ctx: SourceContext, split: str) -> EvalSet:
+def load_digits(name: str, entry, ctx: SourceContext, split: str) -> StreamedSet:
     """`evals.NAME` with `source="digits"`: the held-out digits, built once and cached."""
     from clipjax.data.writer import build_digits_shards
 
     shards = build_digits_shards(ctx.cache_dir or None, image_size=ctx.image_size)
     root = shards.retrieval_dir if entry.kind == "retrieval" else shards.zeroshot_dir
-    return load_clip_benchmark(
+    return open_clip_benchmark(
         root,
         "digits",
         ctx.transform,

@@ -17,11 +17,10 @@ from clipjax.evaluate.sources.evalset import (
     EvalSet,
     SampleDecoder,
     SourceContext,
-    classification_set,
-    collect,
     optional_lines,
     resolve_templates,
 )
+from clipjax.evaluate.sources.streamed import StreamedSet
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ def _folder_classnames(name: str, class_dirs: list[Path], root: Path) -> tuple[s
     )
 
 
-def load_image_folder(
+def open_image_folder(
     directory: str | Path,
     name: str,
     transform: ImageTransform,
@@ -70,8 +69,8 @@ def load_image_folder(
     *,
     classnames: Sequence[str] | None = None,
     workers: int = 0,
-) -> EvalSet:
-    """`DIR/<class>/<image>`: labels in sorted folder-name order; class names from
+) -> StreamedSet:
+    """`DIR/<class>/<image>`, not yet read: labels in sorted folder-name order; class names from
     `classnames=` > `DIR/classnames.txt` > folder names with `_` as spaces; templates
     by `resolve_templates` (a `DIR/zeroshot_classification_templates.txt` counts as
     the set's file). Images anywhere below a class folder; hidden paths ignored."""
@@ -91,11 +90,24 @@ def load_image_folder(
     chosen = resolve_templates(name, templates, optional_lines(root / TEMPLATES_FILE))
     decoder = SampleDecoder(transform, IMAGE_EXTENSIONS, max_pixels, "cls")
     where = f"{name} ({root})"
-    images, labels, skipped = collect(_folder_samples(root, class_dirs), decoder, workers, where)
-    return classification_set(name, images, labels, names, chosen, skipped)
+    return StreamedSet(
+        name,
+        "classification",
+        lambda: _folder_samples(root, class_dirs),
+        decoder,
+        where,
+        workers,
+        names,
+        chosen,
+    )
 
 
-def load(name: str, entry, ctx: SourceContext, split: str) -> EvalSet:
+def load_image_folder(*args, **kwargs) -> EvalSet:
+    """`open_image_folder(...)` read into memory."""
+    return open_image_folder(*args, **kwargs).collect()
+
+
+def load(name: str, entry, ctx: SourceContext, split: str) -> StreamedSet:
     """`evals.NAME` with `source="image_folder"`: its `dataset_dir`, or that folder's `split`
     folder when it has split folders (a linear probe needs them)."""
     top = Path(eval_field(entry, "dataset_dir"))
@@ -105,7 +117,7 @@ def load(name: str, entry, ctx: SourceContext, split: str) -> EvalSet:
         classnames = classnames or optional_lines(top / CLASSNAMES_FILE)
         templates = templates or optional_lines(top / TEMPLATES_FILE)
     bundled = eval_field(entry, "dataset_name") or name
-    return load_image_folder(
+    return open_image_folder(
         root, bundled, ctx.transform, templates, ctx.max_pixels, classnames=classnames
     )
 

@@ -19,10 +19,9 @@ from clipjax.evaluate.sources.evalset import (
     DEFAULT_MAX_PIXELS,
     EvalSet,
     SourceContext,
-    classification_set,
-    collect,
     resolve_templates,
 )
+from clipjax.evaluate.sources.streamed import StreamedSet
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +129,7 @@ def tfds_builder(name: str, data_dir: str | Path):
         raise FileNotFoundError(f"no prepared dataset {name!r} under {root}; {layout}") from exc
 
 
-def load_tfds(
+def open_tfds(
     name: str,
     data_dir: str | Path,
     transform: ImageTransform,
@@ -142,8 +141,9 @@ def load_tfds(
     classnames: Sequence[str] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     limit: int | None = None,
-) -> EvalSet:
-    """A prepared TFDS dataset (array_record) by random access, examples in index order.
+) -> StreamedSet:
+    """A prepared TFDS dataset (array_record) by random access, examples in index order,
+    not yet read.
 
     Classification unless `caption_key` is given (a Text or a Sequence of Text; a
     `/` walks nested features, e.g. `captions/text`). Class names: `classnames=` >
@@ -169,13 +169,24 @@ def load_tfds(
     decoder = _ExampleDecoder(
         transform, image_key, caption_key if captions else label_key, captions, max_pixels
     )
-    if not captions:
-        names = _tfds_classnames(name, builder.info.features, label_key, classnames)
-        chosen = resolve_templates(name, templates, None)
-    images, targets, skipped = collect(_examples(source, count), decoder, 0, where)
     if captions:
-        return EvalSet(name, images, None, None, None, tuple(targets), skipped)
-    return classification_set(name, images, targets, names, chosen, skipped)
+        return StreamedSet(name, "retrieval", lambda: _examples(source, count), decoder, where)
+    names = _tfds_classnames(name, builder.info.features, label_key, classnames)
+    chosen = resolve_templates(name, templates, None)
+    return StreamedSet(
+        name,
+        "classification",
+        lambda: _examples(source, count),
+        decoder,
+        where,
+        classnames=names,
+        templates=chosen,
+    )
+
+
+def load_tfds(*args, **kwargs) -> EvalSet:
+    """`open_tfds(...)` read into memory."""
+    return open_tfds(*args, **kwargs).collect()
 
 
 def _tfds_classnames(
@@ -206,9 +217,9 @@ def _tfds_classnames(
     return tuple(n.replace("_", " ") for n in label_names)
 
 
-def load(name: str, entry, ctx: SourceContext, split: str) -> EvalSet:
+def load(name: str, entry, ctx: SourceContext, split: str) -> StreamedSet:
     """`evals.NAME` with `source="tfds"`: its `dataset_name` under its `dataset_dir`."""
-    return load_tfds(
+    return open_tfds(
         eval_field(entry, "dataset_name"),
         eval_field(entry, "dataset_dir"),
         ctx.transform,
