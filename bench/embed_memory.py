@@ -55,7 +55,7 @@ def write_shards(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def _tree_rss(pid: int) -> int:
+def tree_rss(pid: int) -> int:
     """Resident bytes of `pid` and all its descendants."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -99,7 +99,7 @@ def run_embed(model: Path, spec: str, out: Path, workers: int) -> dict:
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peak = 0
     while process.poll() is None:
-        peak = max(peak, _tree_rss(process.pid))
+        peak = max(peak, tree_rss(process.pid))
         time.sleep(0.05)
     out_text, err_text = process.communicate()
     if process.returncode:

@@ -29,6 +29,7 @@ from clipjax.aot.libtpu_env import quiet_libtpu
 from clipjax.config import ConfigError, apply_overrides, load_config
 from clipjax.data.skips import UnusableData
 from clipjax.distributed import LaunchError
+from clipjax.evaluate.benchmark import add_arguments as add_benchmark_arguments
 from clipjax.inference.commands import (
     add_caption_parser,
     add_embed_parser,
@@ -150,6 +151,7 @@ def _eval_parser(commands) -> None:
     ev.add_argument("--image-heads", type=int, help="open_clip without --open-clip-config")
     ev.add_argument("--text-heads", type=int, help="open_clip without --open-clip-config")
     ev.add_argument("--out", help="also write the metrics to this JSON file")
+    add_benchmark_arguments(ev, weights)
 
 
 def _compile_parser(commands) -> None:
@@ -210,8 +212,17 @@ def _load(spec: str | None):
 def _eval(args, overrides: list[str]) -> int:
     import json
 
+    from clipjax.evaluate import benchmark
     from clipjax.evaluate import standalone as sa
 
+    try:
+        run = benchmark.benchmark_args(args)
+        if run is not None:
+            benchmark.print_rows(benchmark.evaluate_benchmark(run), run.output)
+            return 0
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"clipjax: {exc}", file=sys.stderr)
+        return 2
     source = sa.WeightsSource(
         checkpoint=args.checkpoint or "",
         step=args.step,

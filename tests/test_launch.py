@@ -16,6 +16,8 @@ import pytest
 
 from clipjax.data.writer import build_digits_shards
 
+pytestmark = pytest.mark.processes  # several processes each; see pyproject
+
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = ROOT / "launch" / "local.py"
 

@@ -20,6 +20,8 @@ from clipjax.checkpoint import read_params, resolve_step_dir
 from clipjax.train.preemption import PREEMPTED_EXIT_CODE
 from clipjax.train.watchdog import STALLED_EXIT_CODE
 
+pytestmark = pytest.mark.processes  # several processes each; see pyproject
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
