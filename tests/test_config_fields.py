@@ -361,3 +361,33 @@ def test_a_config_saved_before_the_newer_fields_existed_still_validates():
         for field in ("samples_seen", "peak_tflops", "profile_steps"):
             del config.train[field]
     assert config_problems(config, 8, 1, reads_data=False) == []
+
+
+def test_eval_entries_can_be_added_from_the_command_line():
+    from clipjax.validation import validate
+
+    config = load_config("configs/default.py:tiny")
+    apply_overrides(
+        config,
+        [
+            "evals.val.shards=/held/{0..3}.tar",  # before its kind and source: any order
+            "evals.val.kind=contrastive_loss",
+            "evals.val.source=shards",
+            "evals.val.batch_size=32",
+            "evals.cifar.kind=zeroshot",
+            "evals.cifar.source=clip_benchmark",
+            "evals.cifar.dataset_dir=/data/wds_cifar10",
+            "evals.cifar.image_members=png",
+        ],
+    )
+    assert config.evals.val.shards == "/held/{0..3}.tar" and config.evals.val.batches == 10
+    assert config.evals.val.batch_size == 32
+    assert config.evals.cifar.dataset_dir == "/data/wds_cifar10"
+    assert config.evals.cifar.image_members == "png" and config.evals.cifar.every == 0
+    validate(config, num_devices=8)
+    with pytest.raises(ConfigError, match=r"new eval entry evals.x needs --config.evals.x.kind="):
+        apply_overrides(config, ["evals.x.dataset_dir=/d", "evals.x.kind=zeroshot"])
+    with pytest.raises(ConfigError, match=r"unknown config field 'evals.y.limit'"):
+        apply_overrides(
+            config, ["evals.y.kind=zeroshot", "evals.y.source=digits", "evals.y.limit=5"]
+        )

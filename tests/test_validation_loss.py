@@ -61,18 +61,11 @@ def test_validation_loss_is_logged_and_equals_clips_loss_on_the_held_out_batches
         f"--config.data.train_shards={train_spec}", "--config.train.steps=12",
         "--config.train.log_every=4",
     ]  # fmt: skip
-    config_file = tmp_path / "with_val.py"
-    config_file.write_text(
-        "from clipjax.config import load_config\n"
-        "from clipjax.evaluate.fields import eval_entry\n\n"
-        "def get_config(arg=None):\n"
-        "    c = load_config('configs/default.py:tiny')\n"
-        "    with c.unlocked():\n"
-        "        c.evals.val = eval_entry('contrastive_loss', 'shards', "
-        f"shards={held_out!r}, batches={BATCHES}, batch_size={BATCH}, every=4)\n"
-        "    return c\n"
-    )
-    args[2] = str(config_file)
+    args += [  # the entry comes from the command line, no config file
+        "--config.evals.val.kind=contrastive_loss", "--config.evals.val.source=shards",
+        f"--config.evals.val.shards={held_out}", f"--config.evals.val.batches={BATCHES}",
+        f"--config.evals.val.batch_size={BATCH}", "--config.evals.val.every=4",
+    ]  # fmt: skip
     assert main(args) == 0
     rows = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
     logged = {

@@ -64,6 +64,31 @@ def _complete(entry: ml_collections.ConfigDict) -> None:
                 entry[field] = EVAL_DEFAULTS[field]
 
 
+def add_entries_from_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
+    """Adds the eval entries that `--config.evals.NAME.FIELD=value` overrides name and
+    the config lacks, each built from its `kind` and `source` overrides with every field
+    its kind and source read (the other overrides then set them, in any order)."""
+    evals = config.get("evals")
+    if not isinstance(evals, ml_collections.ConfigDict):
+        return
+    given: dict[str, dict[str, str]] = {}
+    for item in overrides:
+        path, _, raw = item.partition("=")
+        parts = path.split(".")
+        if len(parts) == 3 and parts[0] == "evals" and parts[1] not in evals:
+            given.setdefault(parts[1], {})[parts[2]] = raw.strip().strip("'\"")
+    for name, fields in given.items():
+        kind, source = fields.get("kind"), fields.get("source")
+        if kind not in KIND_FIELDS or source not in SOURCES:
+            raise ValueError(
+                f"a new eval entry evals.{name} needs --config.evals.{name}.kind= one of "
+                f"{EVAL_KINDS} and --config.evals.{name}.source= one of {EVAL_SOURCES} "
+                f"(given kind={kind!r}, source={source!r})"
+            )
+        with evals.unlocked():
+            evals[name] = eval_entry(kind, source)
+
+
 def complete_evals(config: ml_collections.ConfigDict) -> None:
     """Gives every eval entry the fields its kind and source read, so each can be
     overridden from the command line and `config.json` records what ran."""
