@@ -22,9 +22,9 @@ OPEN_CLIP = Path(__file__).parent / "fixtures" / "open_clip_small"
 
 
 def _digits_top1(model) -> float:
-    ev = build_eval("digits", model.config.evals.digits, model.config.data)
-    classifier = model.zero_shot_classifier(ev.data.classnames, ev.data.templates)
-    return float(np.mean(model.classify(ev.data.images, classifier).argmax(1) == ev.data.labels))
+    data = build_eval("digits", model.config.evals.digits, model.config.data).data.collect()
+    classifier = model.zero_shot_classifier(data.classnames, data.templates)
+    return float(np.mean(model.classify(data.images, classifier).argmax(1) == data.labels))
 
 
 def _logged_top1(trained_run) -> float:
