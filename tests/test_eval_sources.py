@@ -484,6 +484,10 @@ def test_a_streamed_set_splits_its_samples_between_processes(classification_dir)
     assert sorted(parts) == [0, 1, 2, 3, 5, 6, 7]  # 8 samples, position 4 is corrupt
     np.testing.assert_array_equal(np.stack([parts[p][0] for p in sorted(parts)]), whole.images)
     assert [parts[p][1] for p in sorted(parts)] == whole.labels.tolist()
+    # a linear probe's train_limit: the first N samples, the unreadable one counted
+    first = streamed.first(5).collect()
+    np.testing.assert_array_equal(first.images, whole.images[:4])
+    assert first.skipped == 1 and streamed.first(0) is streamed
 
 
 def test_embed_stream_on_8_devices_equals_embedding_the_whole_array(classification_dir):

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from clipjax.evaluate.features import embed_all
 from clipjax.evaluate.zeroshot import class_embeddings, classification_metrics
@@ -61,3 +62,27 @@ def test_embed_all_pads_the_last_batch_on_8_devices():
     out = embed_all(counted, data, 16, lambda ndim: batch_sharding(mesh, rules, ndim))
     np.testing.assert_array_equal(out, data * 2.0 + 1.0)
     assert calls == [(16, 3), (16, 3)]
+
+
+def test_metrics_equal_clip_benchmarks_own_code_on_the_same_embeddings():
+    """tests/fixtures/clip_benchmark_metrics/make_fixture.py ran CLIP_benchmark 1.6.2's
+    `zeroshot_classification.evaluate` on these prompt and image embeddings."""
+    from pathlib import Path
+
+    fixture = np.load(
+        Path(__file__).parent / "fixtures" / "clip_benchmark_metrics" / "zeroshot.npz"
+    )
+    index = {str(p): i for i, p in enumerate(fixture["prompts"])}
+    classes = class_embeddings(
+        lambda ids: fixture["prompt_embeddings"][ids[:, 0]],
+        lambda prompts: np.array([[index[p]] for p in prompts]),
+        tuple(str(c) for c in fixture["classes"]),
+        tuple(str(t) for t in fixture["templates"]),
+    )
+    got = classification_metrics(fixture["images"], classes, fixture["labels"])
+    assert got["top1"] == pytest.approx(float(fixture["metric_acc1"]), abs=1e-12)
+    assert got["top5"] == pytest.approx(float(fixture["metric_acc5"]), abs=1e-12)
+    assert got["mean_per_class_recall"] == pytest.approx(
+        float(fixture["metric_mean_per_class_recall"]), abs=1e-12
+    )
+    assert 0.2 < got["top1"] < 0.5  # neither chance nor perfect: the ranks matter

@@ -54,6 +54,7 @@ class BenchmarkArgs:
     batch_size: int = 256
     workers: int = 0
     image_keys: str = ";".join(CLIP_BENCHMARK_IMAGE_KEYS)
+    train_limit: int = 0
 
 
 def dataset_dir(dataset: str, root: str, several: bool) -> Path:
@@ -131,7 +132,7 @@ def _metrics(model, task: str, test: StreamedSet, root, dataset, keys, args) -> 
         templates = check_templates(test.templates, test.where)
         classes = class_embeddings(model.encode_text, model.tokenize, test.classnames, templates)
         return classification_metrics(images, classes, labels)
-    train = _open(model, root, dataset, "train", keys, args.workers)
+    train = _open(model, root, dataset, "train", keys, args.workers).first(args.train_limit)
     features, train_targets = _embed(model, train, args.batch_size)
     return linear_probe(features, np.asarray(train_targets, np.int64), images, labels)
 
@@ -198,6 +199,13 @@ def add_arguments(parser, weights) -> None:
     )
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=256)
     parser.add_argument(
+        "--train-limit",
+        dest="train_limit",
+        type=int,
+        default=0,
+        help="with --task linear_probe: fit on the first N training samples (0: all)",
+    )
+    parser.add_argument(
         "--workers", type=int, default=0, help="with --model: decoding processes (0: inline)"
     )
     parser.add_argument(
@@ -219,8 +227,11 @@ def benchmark_args(args) -> BenchmarkArgs | None:
         raise ValueError("--model needs --dataset wds/NAME (one or more) and --dataset-root")
     if args.config or args.out or args.step is not None:
         raise ValueError("--config, --out and --step do not apply to --model (see --output)")
-    if args.batch_size < 1 or args.workers < 0:
-        raise ValueError(f"--batch-size {args.batch_size} / --workers {args.workers} out of range")
+    if args.batch_size < 1 or args.workers < 0 or args.train_limit < 0:
+        raise ValueError(
+            f"--batch-size {args.batch_size}, --workers {args.workers} or --train-limit "
+            f"{args.train_limit} out of range"
+        )
     return BenchmarkArgs(
         args.model,
         tuple(args.dataset),
@@ -230,6 +241,7 @@ def benchmark_args(args) -> BenchmarkArgs | None:
         args.batch_size,
         args.workers,
         args.image_keys,
+        args.train_limit,
     )
 
 

@@ -16,6 +16,7 @@ EVAL_DEFAULTS = dict(
     dataset_name="",  # tfds name; also picks bundled class names/templates (cifar10, ...)
     split="test",  # image_folder: DIR/<split> when DIR has split folders
     train_split="train",  # linear_probe: the split the probe is fitted on
+    train_limit=0,  # linear_probe: fit on the first N training samples; 0 = all
     templates_file="",  # one template per line with {c}; "" = the set's own or bundled
     classnames_file="",
     # clip_benchmark: the image members, first found is used (not the training data's)
@@ -33,7 +34,7 @@ _COMMON_FIELDS = ("split", "every", "batch_size")
 KIND_FIELDS = {
     "zeroshot": ("templates_file", "classnames_file"),
     "retrieval": (),
-    "linear_probe": ("train_split", "classnames_file"),
+    "linear_probe": ("train_split", "train_limit", "classnames_file"),
     "contrastive_loss": ("batches",),  # the same loss as training: batch_size matters
 }
 
@@ -152,7 +153,7 @@ def _entry_problems(name: str, e, kind: str, source: str, reads_data: bool) -> l
     for field in SOURCES[source].needs if reads_data else ():
         if not eval_field(e, field):
             problems.append(f"evals.{name}.source={source!r} needs evals.{name}.{field}")
-    for field in ("every", "batch_size", "limit", "batches"):
+    for field in ("every", "batch_size", "limit", "batches", "train_limit"):
         value = eval_field(e, field)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             problems.append(f"evals.{name}.{field}={value!r} must be an integer >= 0")

@@ -170,6 +170,7 @@ def build_eval(name: str, cfg, data_cfg, tokenizer: Tokenizer | None = None):
     if cfg.kind == "zeroshot":
         return ZeroShotEval(name, every, batch, data)
     train = load_split(name, cfg, ctx, eval_field(cfg, "train_split"))
+    train = train.first(eval_field(cfg, "train_limit"))
     train.check_readable()
     _require(train, cfg.kind, name, "classification")
     if train.classnames != data.classnames:

@@ -10,6 +10,7 @@ put back in the set's order. Skips are summarised per shard, as in `collect`.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator
@@ -60,6 +61,12 @@ class StreamedSet:
         return classification_set(
             self.name, images, targets, self.classnames, self.templates, skipped
         )
+
+    def first(self, count: int) -> StreamedSet:
+        """The set cut to its first `count` samples (readable or not); 0: all of it."""
+        if not count:
+            return self
+        return dataclasses.replace(self, items=lambda: itertools.islice(self.items(), count))
 
     def check_readable(self, samples: int = 32) -> None:
         """Decodes the first `samples` samples and raises if none can be: a wrong member
