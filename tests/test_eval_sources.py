@@ -60,7 +60,20 @@ def write_tar(path, samples) -> None:
 
 @pytest.mark.parametrize(
     ("name", "classes", "templates"),
-    [("imagenet1k", 1000, 80), ("cifar10", 10, 18), ("cifar100", 100, 18), ("digits", 10, 4)],
+    [
+        ("imagenet1k", 1000, 80),
+        ("cifar10", 10, 18),
+        ("cifar100", 100, 18),
+        ("digits", 10, 4),
+        ("pets", 37, 1),
+        ("flowers", 102, 1),
+        ("country211", 211, 5),
+        ("caltech101", 102, 34),
+        ("gtsrb", 43, 3),
+        ("mnist", 10, 1),
+        ("eurosat", 10, 3),
+        ("svhn", 10, 6),
+    ],
 )
 def test_bundled_counts(name, classes, templates):
     assert len(bundled_classnames(name)) == classes
@@ -70,7 +83,7 @@ def test_bundled_counts(name, classes, templates):
 
 
 def test_bundled_contents():
-    assert BUNDLED == ("imagenet1k", "cifar10", "cifar100", "digits")
+    assert BUNDLED[:4] == ("imagenet1k", "cifar10", "cifar100", "digits") and len(BUNDLED) == 18
     imagenet = bundled_classnames("imagenet1k")
     assert imagenet[:3] == ("tench", "goldfish", "great white shark")
     assert imagenet[-1] == "toilet paper"
@@ -96,9 +109,10 @@ def test_bundled_names_and_errors():
     assert bundled_name("imagenet2012") == "imagenet1k"
     assert bundled_name("imagenet_v2/matched-frequency:3.0.0") == "imagenet1k"
     assert bundled_name("cifar10:3.0.2") == "cifar10"
-    assert bundled_name("flowers") is None
-    with pytest.raises(KeyError, match="flowers"):
-        bundled_classnames("flowers")
+    assert bundled_name("flowers") == "flowers" and bundled_name("vtab/pets") is None
+    assert bundled_name("cars") is None  # its class names come with its dataset
+    with pytest.raises(KeyError, match="cars"):
+        bundled_classnames("cars")
 
 
 def test_read_lines_and_check_templates(tmp_path):
@@ -296,7 +310,7 @@ def image_folder(tmp_path):
 
 def test_image_folder(image_folder):
     root, written = image_folder
-    got = load_image_folder(root, "pets", TRANSFORM)
+    got = load_image_folder(root, "animals", TRANSFORM)
     assert got.classnames == ("cat", "golden retriever", "zebra")
     assert got.templates == (DEFAULT_TEMPLATE,)
     assert got.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] and got.skipped == 0
@@ -304,7 +318,7 @@ def test_image_folder(image_folder):
 
     (root / "classnames.txt").write_text("kitty\ndog\nstripes\n")
     (root / "zebra" / "broken.png").write_bytes(b"broken")
-    got = load_image_folder(root, "pets", TRANSFORM, templates=["art of a {c}"])
+    got = load_image_folder(root, "animals", TRANSFORM, templates=["art of a {c}"])
     assert got.classnames == ("kitty", "dog", "stripes") and got.templates == ("art of a {c}",)
     assert len(got) == 9 and got.skipped == 1
 

@@ -14,7 +14,13 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-BUNDLED = ("imagenet1k", "cifar10", "cifar100", "digits")
+# CLIP_benchmark's English lists for the rest (its dataset names; `data/README.md`)
+CLIP_BENCHMARK_SETS = (
+    "caltech101", "clevr_count_all", "country211", "diabetic_retinopathy", "dmlab", "eurosat",
+    "fer2013", "flowers", "gtsrb", "kitti_closest_vehicle_distance", "mnist", "pcam", "pets",
+    "svhn",
+)  # fmt: skip
+BUNDLED = ("imagenet1k", "cifar10", "cifar100", "digits", *CLIP_BENCHMARK_SETS)
 
 # Other names for the bundled label sets: TFDS builders whose labels are the
 # same classes in the same order (tfds `imagenet2012` labels are WordNet ids).
