@@ -95,16 +95,24 @@ def run_embed(model: Path, spec: str, out: Path, workers: int) -> dict:
         "--dtype",
         "float32",
     ]
+    result = peak_of(command)
+    result["line"] = result.pop("out").strip()
+    return result
+
+
+def peak_of(command: list[str]) -> dict:
+    """Runs `command` from the project root; its wall time, output and the peak resident
+    memory of its process tree, sampled every 50 ms."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peak = 0
     while process.poll() is None:
         peak = max(peak, tree_rss(process.pid))
         time.sleep(0.05)
-    out_text, err_text = process.communicate()
+    out, err = process.communicate()
     if process.returncode:
-        raise RuntimeError(f"clipjax embed failed:\n{err_text.decode()[-3000:]}")
-    return dict(seconds=time.perf_counter() - start, peak=peak, line=out_text.decode().strip())
+        raise RuntimeError(f"{' '.join(command[:4])} failed:\n{err.decode()[-3000:]}")
+    return dict(seconds=time.perf_counter() - start, peak=peak, out=out.decode())
 
 
 def check_rows(model_dir: Path, out: Path, shards: list[Path]) -> float:

@@ -19,11 +19,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from embed_memory import tree_rss
+from embed_memory import peak_of
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,19 +54,6 @@ def subset(full: Path, folder: Path, count: int) -> None:
         (folder / "test" / f"{shard}.tar").symlink_to(full / "test" / f"{shard}.tar")
     (folder / "test" / "nshards.txt").write_text(str(count // PER_SHARD))
     (folder / "classnames.txt").symlink_to(full / "classnames.txt")
-
-
-def peak_of(command: list[str]) -> dict:
-    start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    peak = 0
-    while process.poll() is None:
-        peak = max(peak, tree_rss(process.pid))
-        time.sleep(0.05)
-    out, err = process.communicate()
-    if process.returncode:
-        raise RuntimeError(f"{command[:4]} failed:\n{err.decode()[-3000:]}")
-    return dict(seconds=time.perf_counter() - start, peak=peak, out=out.decode())
 
 
 def streamed_eval(run: Path, folder: Path, tmp: Path) -> dict:

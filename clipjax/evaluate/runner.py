@@ -78,12 +78,18 @@ def _require(data: StreamedSet, kind: str, name: str, wanted: str) -> None:
 
 
 @dataclass
-class ZeroShotEval:
-    kind = "zeroshot"
+class _Eval:
+    """One configured eval: its entry name, interval, global batch and data."""
+
     name: str
     every: int
     batch_size: int
     data: StreamedSet
+
+
+@dataclass
+class ZeroShotEval(_Eval):
+    kind = "zeroshot"
 
     def metrics(self, ctx: EvalContext) -> dict[str, float]:
         classes = class_embeddings(
@@ -97,12 +103,8 @@ class ZeroShotEval:
 
 
 @dataclass
-class RetrievalEval:
+class RetrievalEval(_Eval):
     kind = "retrieval"
-    name: str
-    every: int
-    batch_size: int
-    data: StreamedSet
 
     def metrics(self, ctx: EvalContext) -> dict[str, float]:
         image, captions = ctx.images(self.data, self.batch_size)
@@ -112,12 +114,8 @@ class RetrievalEval:
 
 
 @dataclass
-class LinearProbeEval:
+class LinearProbeEval(_Eval):
     kind = "linear_probe"
-    name: str
-    every: int
-    batch_size: int
-    data: StreamedSet
     train: StreamedSet
 
     def metrics(self, ctx: EvalContext) -> dict[str, float]:
@@ -129,14 +127,11 @@ class LinearProbeEval:
 
 
 @dataclass
-class ValidationLossEval:
+class ValidationLossEval(_Eval):
     """The training objective, without masking, on a fixed set of held-out batches:
     each value the objective reports, averaged over the batches."""
 
     kind = "contrastive_loss"
-    name: str
-    every: int
-    batch_size: int
     data: HeldOutShards
 
     def metrics(self, ctx: EvalContext) -> dict[str, float]:
