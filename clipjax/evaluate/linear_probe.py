@@ -1,19 +1,80 @@
 """Linear probe: logistic regression on frozen image features, its regularisation
-strength chosen on a validation split of the training features."""
+strength chosen on a validation split of the training features.
+
+The fit is scikit-learn's objective (multinomial cross-entropy summed with weight C,
+plus half the squared L2 norm of the weights; the bias unpenalised), minimised by
+L-BFGS in JAX on the default device in float32: ImageNet's 1.28M x 768 features are
+3.9 GB, one matrix product per iteration.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 C_GRID = tuple(float(c) for c in np.logspace(-3, 3, 7))
 
 
-def _fit(features: np.ndarray, labels: np.ndarray, c: float, max_iter: int):
-    from sklearn.linear_model import LogisticRegression
+@dataclass(frozen=True)
+class SoftmaxRegression:
+    weights: np.ndarray  # [d, classes]
+    bias: np.ndarray  # [classes]
 
-    return LogisticRegression(C=c, max_iter=max_iter).fit(features, labels)
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return np.argmax(np.asarray(features, np.float32) @ self.weights + self.bias, axis=1)
+
+
+def _fit(
+    features: np.ndarray, labels: np.ndarray, c: float, max_iter: int, tol: float = 1e-5
+) -> SoftmaxRegression:
+    """sklearn's `LogisticRegression(C=c)` optimum: mean cross-entropy plus
+    |W|^2 / (2 C n) (the same minimiser, scaled for float32), by L-BFGS."""
+    classes = int(labels.max()) + 1
+    weights, bias = _lbfgs(
+        jnp.asarray(features, jnp.float32),
+        jnp.asarray(labels, jnp.int32),
+        classes,
+        1.0 / (c * len(labels)),
+        max_iter,
+        tol,
+    )
+    return SoftmaxRegression(np.asarray(weights), np.asarray(bias))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 4))
+def _lbfgs(x, y, classes: int, l2: float, max_iter: int, tol: float):
+    def objective(params):
+        weights, bias = params
+        log_p = jax.nn.log_softmax(x @ weights + bias)
+        nll = -jnp.mean(jnp.take_along_axis(log_p, y[:, None], axis=1))
+        return nll + 0.5 * l2 * jnp.sum(weights * weights)
+
+    solver = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(objective)
+
+    def step(carry):
+        params, state = carry
+        value, grad = value_and_grad(params, state=state)
+        updates, state = solver.update(
+            grad, state, params, value=value, grad=grad, value_fn=objective
+        )
+        return optax.apply_updates(params, updates), state
+
+    def running(carry):
+        _, state = carry
+        count = optax.tree.get(state, "count")
+        grad = optax.tree.get(state, "grad")
+        return (count == 0) | ((count < max_iter) & (optax.tree.norm(grad) >= tol))
+
+    params = (jnp.zeros((x.shape[1], classes), jnp.float32), jnp.zeros(classes, jnp.float32))
+    params, _ = jax.lax.while_loop(running, step, (params, solver.init(params)))
+    return params
 
 
 def _standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
