@@ -26,7 +26,7 @@ import sys
 from collections.abc import Sequence
 
 from clipjax.aot.libtpu_env import quiet_libtpu
-from clipjax.config import ConfigError, apply_overrides, load_config
+from clipjax.config import ConfigError, load_config
 from clipjax.data.skips import UnusableData
 from clipjax.distributed import LaunchError
 from clipjax.evaluate.benchmark import add_arguments as add_benchmark_arguments
@@ -187,7 +187,7 @@ def _compile(args, overrides: list[str]) -> int:
         from clipjax.aot.report import format_report
 
         config = _load(args.config)
-        apply_overrides(config, overrides)
+        _override(config, overrides)
         report = compile_for_topology(config, topology)
     except (ConfigError, ValueError, CompilerMissing) as exc:
         print(f"clipjax: {exc}", file=sys.stderr)
@@ -197,6 +197,18 @@ def _compile(args, overrides: list[str]) -> int:
         with open(args.out, "w") as f:
             json.dump(report.as_json(), f, indent=1)
     return 0 if report.fits else 3
+
+
+def _override(config, overrides: list[str]) -> None:
+    """`--config.a.b=value` overrides; `--config.evals.NAME.kind/source` add an entry."""
+    from clipjax.config import apply_overrides
+    from clipjax.evaluate.fields import add_entries_from_overrides
+
+    try:
+        add_entries_from_overrides(config, overrides)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    apply_overrides(config, overrides)
 
 
 def _load(spec: str | None):
@@ -240,9 +252,11 @@ def _eval(args, overrides: list[str]) -> int:
         else:
             config = _load(args.config)
             imported = sa.imported_params(config, source)
-        apply_overrides(config, overrides)
+        _override(config, overrides)
         sa.check_config(config, imported is not None)
-        metrics = sa.evaluate(config, source, imported)
+        from clipjax.train.validation_loss import make_batch_loss
+
+        metrics = sa.evaluate(config, source, imported, make_batch_loss)
     except (ConfigError, OSError, ValueError, RuntimeError, ImportError) as exc:
         print(f"clipjax: {exc}", file=sys.stderr)
         return 2
@@ -361,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return caption_command(args)
     try:
         config = _load(args.config)
-        apply_overrides(config, overrides)
+        _override(config, overrides)
         _start_distributed(args, config)
         from clipjax.train.loop import train  # imports jax; errors above come first
 

@@ -92,15 +92,7 @@ def _coerce(path: str, old: Any, new: Any) -> Any:
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
-    """Applies `a.b=value` overrides in place (the leading `--config.` stripped). An
-    eval entry the config lacks is added from its `evals.NAME.kind` and `.source`."""
-    from clipjax.evaluate.fields import add_entries_from_overrides
-
-    overrides = list(overrides)
-    try:
-        add_entries_from_overrides(config, overrides)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    """Applies `a.b=value` overrides in place (the leading `--config.` stripped)."""
     for item in overrides:
         path, sep, raw = item.partition("=")
         if not sep:

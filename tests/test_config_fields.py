@@ -364,10 +364,17 @@ def test_a_config_saved_before_the_newer_fields_existed_still_validates():
 
 
 def test_eval_entries_can_be_added_from_the_command_line():
+    """What `clipjax train/eval/compile` do with overrides: new eval entries first (from
+    their kind and source), then every override (the CLI path: test_validation_loss)."""
+    from clipjax.evaluate.fields import add_entries_from_overrides
     from clipjax.validation import validate
 
+    def override(config, overrides):
+        add_entries_from_overrides(config, overrides)
+        apply_overrides(config, overrides)
+
     config = load_config("configs/default.py:tiny")
-    apply_overrides(
+    override(
         config,
         [
             "evals.val.shards=/held/{0..3}.tar",  # before its kind and source: any order
@@ -385,9 +392,7 @@ def test_eval_entries_can_be_added_from_the_command_line():
     assert config.evals.cifar.dataset_dir == "/data/wds_cifar10"
     assert config.evals.cifar.image_members == "png" and config.evals.cifar.every == 0
     validate(config, num_devices=8)
-    with pytest.raises(ConfigError, match=r"new eval entry evals.x needs --config.evals.x.kind="):
-        apply_overrides(config, ["evals.x.dataset_dir=/d", "evals.x.kind=zeroshot"])
+    with pytest.raises(ValueError, match=r"new eval entry evals.x needs --config.evals.x.kind="):
+        override(config, ["evals.x.dataset_dir=/d", "evals.x.kind=zeroshot"])
     with pytest.raises(ConfigError, match=r"unknown config field 'evals.y.limit'"):
-        apply_overrides(
-            config, ["evals.y.kind=zeroshot", "evals.y.source=digits", "evals.y.limit=5"]
-        )
+        override(config, ["evals.y.kind=zeroshot", "evals.y.source=digits", "evals.y.limit=5"])

@@ -95,6 +95,12 @@ def test_validation_loss_is_logged_and_equals_clips_loss_on_the_held_out_batches
     )
     assert logged[12] == pytest.approx(expected, abs=2e-4)
 
+    # `clipjax eval` on the checkpoint repeats it (the run's config.json holds the entry)
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(work), "--out", str(out)]) == 0
+    again = json.loads(out.read_text())["contrastive_loss/val/loss"]
+    assert again == pytest.approx(logged[12], abs=1e-6)
+
 
 def test_the_validation_entry_is_checked():
     from clipjax.evaluate.fields import eval_problems

@@ -4,6 +4,7 @@ devices of a mesh built from the config."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
@@ -137,16 +138,21 @@ def adopt_imported_model(config: ml_collections.ConfigDict, model_cfg) -> None:
 
 
 def evaluate(
-    config: ml_collections.ConfigDict, source: WeightsSource, imported: dict | None = None
+    config: ml_collections.ConfigDict,
+    source: WeightsSource,
+    imported: dict | None = None,
+    make_batch_loss: Callable | None = None,
 ) -> dict[str, float]:
-    """Runs every entry of `config.evals` (forced, whatever its interval) once."""
+    """Runs every entry of `config.evals` (forced, whatever its interval) once.
+    `make_batch_loss(config, mesh, spec, param_shardings)` gives the training objective
+    for `contrastive_loss` entries (`clipjax.train.validation_loss`; the caller passes
+    it, evaluate does not import train)."""
     from clipjax.checkpoint import load_params
     from clipjax.data.tokenizers import build_tokenizer
     from clipjax.evaluate.runner import Evaluator
     from clipjax.interop.params_tree import abstract_params, fill_params
     from clipjax.models.spec import model_spec
     from clipjax.parallel import batch_sharding, build_mesh, param_shardings, rules_table
-    from clipjax.train.validation_loss import make_batch_loss
 
     mesh = build_mesh(config.mesh)
     rules = rules_table(config.sharding_rules)
@@ -166,6 +172,6 @@ def evaluate(
         return batch_sharding(mesh, rules, ndim)
 
     tokenizer = build_tokenizer(config.tokenizer)
-    batch_loss = make_batch_loss(config, mesh, spec, shardings)
+    batch_loss = None if make_batch_loss is None else make_batch_loss(config, mesh, spec, shardings)
     evaluator = Evaluator(config, spec, tokenizer, sharding_for, shardings, batch_loss)
     return evaluator.run(params, config.train.steps, force=True)
