@@ -145,10 +145,12 @@ class ValidationLossEval(_Eval):
         return {key: total / self.data.batches for key, total in sums.items()}
 
 
-def build_eval(name: str, cfg, data_cfg, tokenizer: Tokenizer | None = None):
+def build_eval(
+    name: str, cfg, data_cfg, tokenizer: Tokenizer | None = None, ctx: SourceContext | None = None
+):
     """The eval entry `name` with its data opened, not read: its first samples are
     decoded as a check, the rest streams at each evaluation."""
-    ctx = SourceContext.from_data_config(data_cfg)
+    ctx = ctx or SourceContext.from_data_config(data_cfg)
     if cfg.kind not in EVAL_KINDS:
         raise ValueError(f"evals.{name}.kind={cfg.kind!r}; expected one of {EVAL_KINDS}")
     every, batch = eval_field(cfg, "every"), eval_field(cfg, "batch_size")
@@ -216,8 +218,10 @@ class Evaluator:
     ):
         """`batch_loss(params, batch) -> {name: scalar}`: the training objective, for
         `contrastive_loss` entries (`clipjax.train.validation_loss`)."""
+        # one eval crop for every entry, set up (and its fields checked) with the run
+        ctx = SourceContext.from_data_config(config.data) if "image_size" in config.data else None
         self.evals = [
-            build_eval(name, cfg, config.data, tokenizer) for name, cfg in config.evals.items()
+            build_eval(name, cfg, config.data, tokenizer, ctx) for name, cfg in config.evals.items()
         ]
         self.tokenizer = tokenizer
         self._batch_loss = batch_loss
