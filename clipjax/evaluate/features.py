@@ -96,6 +96,6 @@ def embed_stream(
         targets.update(other)
     if not positions:
         return np.zeros((0, 0), np.float32), []
-    order = np.argsort(np.concatenate(positions), kind="stable")
-    ordered = np.concatenate(positions)[order]
-    return np.concatenate(embeddings)[order], [targets[int(p)] for p in ordered]
+    every = np.concatenate(positions)
+    order = np.argsort(every, kind="stable")
+    return np.concatenate(embeddings)[order], [targets[int(p)] for p in every[order]]
