@@ -8,7 +8,6 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 
-import jax
 import numpy as np
 
 from clipjax.data.augment import build_augments
@@ -166,8 +165,10 @@ class Prefetch:
         self._thread.join(timeout=30)
 
 
-def to_global(batch: dict[str, np.ndarray], sharding_for: Callable) -> dict[str, jax.Array]:
+def to_global(batch: dict[str, np.ndarray], sharding_for: Callable) -> dict:
     """Host-local numpy batch -> global jax.Arrays sharded by `sharding_for(ndim)`."""
+    import jax  # here, so that data workers never import JAX
+
     return {
         name: jax.make_array_from_process_local_data(sharding_for(value.ndim), value)
         for name, value in batch.items()
@@ -225,9 +226,16 @@ class StreamGroup:
     `data.streams` sees the same data on 1 process or on 8, and its checkpoint
     resumes on either."""
 
-    def __init__(self, loaders: dict[int, PairLoader], count: int, numbering: dict | None = None):
+    def __init__(
+        self,
+        loaders: dict[int, PairLoader],
+        count: int,
+        stats: DataStats | None = None,
+        numbering: dict | None = None,
+    ):
         self.loaders = loaders
         self.count = count
+        self.stats = stats or DataStats()  # the sum of the streams' counters
         self.numbering = numbering or {}  # how examples were numbered, kept in the state
 
     def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], dict]]:
@@ -243,6 +251,7 @@ class StreamGroup:
                 batches = [batch for batch, _ in parts.values()]
                 batch = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
                 states = {str(j): state for j, (_, state) in parts.items()}
+                add_stream_stats(states, self.stats)
                 yield batch, {"streams": self.count, "states": states, **self.numbering}
         finally:
             for iterator in iterators.values():
@@ -278,66 +287,107 @@ def _check_numbering(saved: dict | None, samples_per_shard: int | None) -> None:
     )
 
 
-def train_loader(
-    config, tokenizer: Tokenizer, stats: DataStats, state: dict | None = None
-) -> StreamGroup:
-    """This process's endless training batches with their resumable state."""
+def stream_loader(
+    config,
+    j: int,
+    count: int,
+    tokenizer: Tokenizer,
+    state: dict | None = None,
+    sources: list[list[str]] | None = None,
+) -> PairLoader:
+    """Stream j of `count` over `sources` (default `train_sources`): its samples, decoded
+    and batched inline, with its own counters (`loader.stats`), continuing from `state`
+    when given. The same stream whichever process or worker builds it."""
     from clipjax.data.decode import parse_keys
+
+    d = config.data
+    sources = train_sources(d) if sources is None else sources
+    image_augment, text_augment = build_augments(d.augment)
+    transform = ImageTransform(
+        d.image_size, d.mean, d.std, train=True, crop_scale=d.crop_scale, augment=image_augment
+    )
+    stats = DataStats()
+    streams = [
+        SampleStream(
+            urls,
+            seed=config.seed + i,
+            mode=d.mode,
+            shuffle_shards=True,
+            shuffle_buffer=d.shuffle_buffer,
+            process_index=j,
+            process_count=count,
+            stats=stats,
+        )
+        for i, urls in enumerate(sources)
+    ]
+    stream = streams[0]
+    if len(streams) > 1:
+        stream = MixedStream(streams, d.weights, (config.seed, j, 7))
+    decoder = PairDecoder(
+        transform=transform,
+        image_keys=parse_keys(d.image_key),
+        text_key=d.text_key,
+        max_pixels=d.max_pixels,
+        seed=(config.seed, j, 2),
+        text_augment=text_augment,
+    )
+    return PairLoader(
+        stream,
+        decoder,
+        tokenizer=tokenizer,
+        batch_size=config.train.batch_size // count,
+        stats=stats,
+        state=state,
+        skips=SkipMonitor(
+            d.max_skipped_fraction,
+            d.sanity_samples,
+            f"data.image_key={d.image_key!r}, data.text_key={d.text_key!r}",
+        ),
+        example_index=example_numbering(d, sources),
+    )
+
+
+def add_stream_stats(states: dict[str, dict], stats: DataStats) -> None:
+    """Sets the process's counters to the sum of its streams' (each state keeps its own)."""
+    for name in ("skipped_samples", "failed_shards"):
+        setattr(stats, name, sum(s.get("stats", {}).get(name, 0) for s in states.values()))
+
+
+def worker_count(workers: int, owned: range) -> int:
+    """Worker processes for the streams `owned`: each reads whole streams, so at most one
+    per stream."""
+    if workers > len(owned):
+        log.warning(
+            "data.workers=%d but this process reads %d data stream(s) (data.streams): a "
+            "worker reads whole streams, so %d worker(s) run; set data.streams to the "
+            "processes times the workers to use them all",
+            workers,
+            len(owned),
+            len(owned),
+        )
+    return min(workers, len(owned))
+
+
+def train_loader(config, tokenizer: Tokenizer, stats: DataStats, state: dict | None = None):
+    """This process's endless training batches with their resumable state: read inline,
+    or by `data.workers` processes that each own some of its streams."""
+    import jax
 
     d = config.data
     owned = stream_range(d.streams, jax.process_index(), jax.process_count())
     count = d.streams or jax.process_count()
     _check_numbering(state, d.get("samples_per_shard"))
     states = _stream_states(state, count, owned)
+    numbering = {"samples_per_shard": d.samples_per_shard} if d.get("samples_per_shard") else {}
     sources = train_sources(d)
-    image_augment, text_augment = build_augments(d.augment)
-    example_index = example_numbering(d, sources)
-    transform = ImageTransform(
-        d.image_size, d.mean, d.std, train=True, crop_scale=d.crop_scale, augment=image_augment
-    )
-    loaders = {}
-    for j in owned:
-        streams = [
-            SampleStream(
-                urls,
-                seed=config.seed + i,
-                mode=d.mode,
-                shuffle_shards=True,
-                shuffle_buffer=d.shuffle_buffer,
-                process_index=j,
-                process_count=count,
-                stats=stats,
-            )
-            for i, urls in enumerate(sources)
-        ]
-        stream = streams[0]
-        if len(streams) > 1:
-            stream = MixedStream(streams, d.weights, (config.seed, j, 7))
-        decoder = PairDecoder(
-            transform=transform,
-            image_keys=parse_keys(d.image_key),
-            text_key=d.text_key,
-            max_pixels=d.max_pixels,
-            seed=(config.seed, j, 2),
-            text_augment=text_augment,
-        )
-        loaders[j] = PairLoader(
-            stream,
-            decoder,
-            tokenizer=tokenizer,
-            batch_size=config.train.batch_size // count,
-            workers=max(1, d.workers // len(owned)) if d.workers else 0,
-            stats=stats,
-            state=states.get(j),
-            skips=SkipMonitor(
-                d.max_skipped_fraction,
-                d.sanity_samples,
-                f"data.image_key={d.image_key!r}, data.text_key={d.text_key!r}",
-            ),
-            example_index=example_index,
-        )
-    numbering = {"samples_per_shard": d.samples_per_shard} if example_index else {}
-    return StreamGroup(loaders, count, numbering)
+    workers = worker_count(d.workers, owned)
+    if workers:
+        from clipjax.data.stream_workers import StreamWorkers, WorkerTask
+
+        task = WorkerTask(config, tokenizer, sources, count, owned.start, batch_layout(config))
+        return StreamWorkers(task, owned, states, workers, stats, numbering)
+    loaders = {j: stream_loader(config, j, count, tokenizer, states.get(j), sources) for j in owned}
+    return StreamGroup(loaders, count, stats, numbering)
 
 
 def batch_layout(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
