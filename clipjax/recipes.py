@@ -102,6 +102,9 @@ COCA = Recipe(
 )
 
 
+RECIPE_STREAMS = 1024
+
+
 def apply_recipe(config: ml_collections.ConfigDict, recipe: Recipe, eval_every: int) -> None:
     """Sets `config`'s optimizer, schedule and batch from `recipe`, trains in bf16 with
     scanned, rematerialised blocks and fully sharded state, and evaluates zero-shot
@@ -116,6 +119,9 @@ def apply_recipe(config: ml_collections.ConfigDict, recipe: Recipe, eval_every: 
     config.model.attention = "auto"
     config.mesh.update(dict(data=1, fsdp=-1, tensor=1))
     config.loss.strategy = "ring"
+    # workers own whole streams: 1,024 of them keep 4-16 per host busy on up to 64-256
+    # hosts, and divide every power-of-two host count up to 1,024 (a resumable position)
+    config.data.streams = RECIPE_STREAMS
     config.data.workers = host_workers()
     config.train.log_every = 100
     config.checkpoint.every = 2000

@@ -51,7 +51,7 @@ def get_config(arg=None):
     c.data.mode = "epoch"  # epoch: every shard once per epoch | resampled: with replacement
     c.data.shuffle_buffer = 2000
     c.data.streams = 0  # independent streams; fixed: same data on any process count; 0: 1/process
-    c.data.workers = 0  # decoding processes per process (at least 1 per stream); 0: inline
+    c.data.workers = 0  # reader processes per process, each owning whole streams; 0: inline
     c.data.max_pixels = 64_000_000
     # The most samples a training shard holds (img2dataset's number_sample_per_shard; the
     # digits: 512). Set, batches carry each example's stable number (shard x this +

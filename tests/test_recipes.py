@@ -53,6 +53,9 @@ def test_a_recipe_cites_its_source_and_passes_the_checks_on_its_topology(path):
     assert (config.model.dtype, config.model.param_dtype) == ("bfloat16", "float32")
     assert config.model.attention == "auto" and config.model.scan_layers
     devices = len(topology.devices())
+    # data workers own whole streams: every host of the topology gets several
+    assert config.data.workers == host_workers() and config.data.streams % topology.hosts == 0
+    assert config.data.streams // topology.hosts >= 4
     validate(config, devices, topology.hosts, reads_data=False)  # `clipjax compile`
     with pytest.raises(ConfigError, match=r"needs evals\.imagenet\.dataset_dir"):
         validate(config, devices, topology.hosts)  # `clipjax train`

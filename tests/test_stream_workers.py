@@ -118,7 +118,7 @@ def test_a_worker_error_keeps_its_type_and_names_the_worker(config):
     """A wrong image key in every sample: the worker's UnusableData reaches the trainer."""
     config.data.image_key = "webp"  # a real image member, absent here
     config.data.sanity_samples = 8
-    with pytest.raises(UnusableData, match="data.image_key=.webp.") as raised:
+    with pytest.raises(UnusableData, match=r"data\.image_key='webp'") as raised:
         _batches(config, 2, 3)
     assert any("raised in data worker" in note for note in raised.value.__notes__)
 
