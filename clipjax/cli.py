@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from clipjax.aot.libtpu_env import quiet_libtpu
 from clipjax.config import ConfigError, load_config
 from clipjax.data.skips import UnusableData
+from clipjax.data.stream_workers import DataWorkerDied
 from clipjax.distributed import LaunchError
 from clipjax.evaluate.benchmark import add_arguments as add_benchmark_arguments
 from clipjax.inference.commands import (
@@ -388,6 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except FloatingPointError as exc:
         print(f"clipjax: training diverged: {exc}", file=sys.stderr)
+        return 1
+    except DataWorkerDied as exc:
+        print(f"clipjax: {exc}", file=sys.stderr)
         return 1
     except Preempted as exc:
         print(f"clipjax: {exc}", file=sys.stderr)

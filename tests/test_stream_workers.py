@@ -156,3 +156,28 @@ def test_released_batches_free_their_slots_in_order():
     for batch in (2, 0, 3, 1, 5):
         release(batch)
     assert freed == [0, 1, 2, 3] and release.next == 4
+
+
+def _half_a_message(writer):
+    """A worker killed while writing: a length header, then part of the bytes."""
+    import struct
+
+    os.write(writer.fileno(), struct.pack("!i", 4096) + b"partial")
+    os._exit(0)
+
+
+def test_a_worker_gone_mid_message_is_named_instead_of_waited_for():
+    import multiprocessing
+    from types import SimpleNamespace
+
+    from clipjax.data.stream_workers import _Inbox
+
+    context = multiprocessing.get_context("spawn")
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(target=_half_a_message, args=(writer,))
+    process.start()
+    writer.close()
+    workers = SimpleNamespace(processes=[process], assignment=[[0, 2]], slot_count=8)
+    inbox = _Inbox([reader], workers, InOrderRelease(lambda _: None))
+    with pytest.raises(DataWorkerDied, match=r"data worker 0 \(pid \d+, streams 0, 2\) exited"):
+        inbox.batch(0)

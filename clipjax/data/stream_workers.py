@@ -24,9 +24,11 @@ import multiprocessing
 import pickle
 import queue
 import signal
+import threading
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing import connection
 from typing import Any
 
 import numpy as np
@@ -92,38 +94,40 @@ class StreamWorkers:
     def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], dict]]:
         slots = BatchSlots.create(self.format, self.slot_count)
         context = multiprocessing.get_context("spawn")
-        results = context.Queue()
         frees = [context.Semaphore(self.slot_count) for _ in self.assignment]
         release = InOrderRelease(lambda _: [free.release() for free in frees])
-        processes = [
+        pipes = [context.Pipe(duplex=False) for _ in self.assignment]  # one writer each
+        self.processes = [
             context.Process(
                 target=_work,
                 args=(self.task, w, streams, self._states_of(streams), slots.path, self.format),
-                kwargs=dict(slot_count=self.slot_count, results=results, free=frees[w]),
+                kwargs=dict(slot_count=self.slot_count, results=pipes[w][1], free=frees[w]),
                 name=f"clipjax-data-{w}",
                 daemon=True,
             )
             for w, streams in enumerate(self.assignment)
         ]
-        self.processes = processes
-        for process in processes:
+        for process, (_, writer) in zip(self.processes, pipes, strict=True):
             process.start()
-        inbox = _Inbox(results, processes, self.assignment, release, self.slot_count)
+            writer.close()  # the worker's end: its exit, even mid-message, reads as EOF here
+        inbox = _Inbox([reader for reader, _ in pipes], self, release)
         try:
             for n in itertools.count():
                 states = inbox.batch(n)
                 if states is None:
                     return
+                if n == 0:  # every worker has mapped the file: no name can leak past a crash
+                    slots.remove()
                 add_stream_stats(states, self.stats)
                 batch = slots.lend(n % self.slot_count, functools.partial(release, n))
                 yield batch, {"streams": self.task.count, "states": states, **self.numbering}
         finally:
-            for process in processes:
+            for process in self.processes:
                 process.kill()
-            for process in processes:
+            for process in self.processes:
                 process.join(timeout=10)
-            results.cancel_join_thread()
-            results.close()
+            for reader, _ in pipes:
+                reader.close()
             slots.remove()
 
     def _states_of(self, streams: list[int]) -> dict[int, dict]:
@@ -131,13 +135,12 @@ class StreamWorkers:
 
 
 class _Inbox:
-    """The main process's side of the results queue: each batch's states, in order."""
+    """The main process's side of the workers' pipes: each batch's states, in order."""
 
-    def __init__(self, results, processes: list, assignment: list[list[int]], release, slots: int):
-        self.release, self.slots = release, slots  # batches handed back, slot count
-        self.results = results
-        self.processes = processes
-        self.assignment = assignment
+    def __init__(self, readers: list, workers: StreamWorkers, release: InOrderRelease):
+        self.readers = readers
+        self.workers = workers
+        self.release = release
         self.pending: dict[int, dict[int, dict]] = {}  # batch -> worker -> stream states
         self.ends: dict[int, int] = {}  # worker -> the first batch it could not fill
 
@@ -147,20 +150,26 @@ class _Inbox:
             if self.ends and n >= min(self.ends.values()):
                 return None
             parts = self.pending.get(n, {})
-            if len(parts) == len(self.processes):
+            if len(parts) == len(self.readers):
                 del self.pending[n]
                 merged = {k: v for part in parts.values() for k, v in part.items()}
                 return dict(sorted(merged.items(), key=lambda item: int(item[0])))
-            try:
-                self._take(self.results.get(timeout=POLL_SECONDS))
-            except queue.Empty:
-                self._check(n)
+            waiting = [r for w, r in enumerate(self.readers) if w not in parts]
+            ready = connection.wait(waiting, timeout=POLL_SECONDS)
+            for reader in ready:
+                self._receive(self.readers.index(reader), n)
+            if not ready:
+                self._check_slots(n)
 
-    def _take(self, message: tuple) -> None:
-        kind, w, *rest = message
+    def _receive(self, w: int, n: int) -> None:
+        try:
+            message = self.readers[w].recv()
+        except (EOFError, OSError):
+            self._died(w, n)
+        kind, *rest = message
         if kind == "batch":
-            n, states = rest
-            self.pending.setdefault(n, {})[w] = states
+            batch, states = rest
+            self.pending.setdefault(batch, {})[w] = states
         elif kind == "end":
             self.ends[w] = rest[0]
         else:
@@ -170,34 +179,32 @@ class _Inbox:
             error.add_note(f"raised in data worker {w} (streams {self._streams(w)})")
             raise error
 
-    def _check(self, n: int) -> None:
-        """Raises instead of waiting for a worker that is gone or cannot write."""
-        for w, process in enumerate(self.processes):
-            if process.exitcode is None:
-                continue
-            while True:  # what it sent before it ended comes first
-                try:
-                    self._take(self.results.get_nowait())
-                except queue.Empty:
-                    break
-            if w in self.ends:
-                continue
-            code = process.exitcode
-            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            raise DataWorkerDied(
-                f"data worker {w} (pid {process.pid}, streams {self._streams(w)}) {how} "
-                f"before batch {n} was complete; the run cannot continue without its streams"
-            )
-        if n - self.release.next >= self.slots:  # no slot for batch n is free
+    def _died(self, w: int, n: int) -> None:
+        process = self.workers.processes[w]
+        process.join(timeout=5)
+        code = process.exitcode
+        how = (
+            f"was killed by signal {-code}"
+            if code is not None and code < 0
+            else f"exited (code {code})"
+        )
+        raise DataWorkerDied(
+            f"data worker {w} (pid {process.pid}, streams {self._streams(w)}) {how} "
+            f"before batch {n} was complete; the run cannot continue without its streams"
+        )
+
+    def _check_slots(self, n: int) -> None:
+        """Raises instead of waiting when the workers cannot write: no slot is free."""
+        if n - self.release.next >= self.workers.slot_count:
             gc.collect()  # a reference cycle may still hold a batch
-            if n - self.release.next >= self.slots:
+            if n - self.release.next >= self.workers.slot_count:
                 raise RuntimeError(
                     f"batch {n} cannot be written: the consumer still holds all "
                     "shared batch slots (keep fewer batches alive, or copy them)"
                 )
 
     def _streams(self, w: int) -> str:
-        return ", ".join(map(str, self.assignment[w]))
+        return ", ".join(map(str, self.workers.assignment[w]))
 
 
 def _work(
@@ -215,14 +222,42 @@ def _work(
     """A worker's loop: its streams' batches into the shared slots, in batch order."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    outbox = _Outbox(results)
     try:
         slots = BatchSlots(path, fmt, slot_count)
-        _fill(task, w, streams, states, slots, results, free)
+        _fill(task, w, streams, states, slots, outbox, free)
     except BaseException as exc:
-        results.put(("error", w, _portable(exc), traceback.format_exc()))
+        outbox.put(("error", _portable(exc), traceback.format_exc()))
+    finally:
+        outbox.close()
 
 
-def _fill(task: WorkerTask, w: int, streams, states, slots: BatchSlots, results, free) -> None:
+class _Outbox:
+    """Sends a worker's messages from a thread, so that decoding never waits for the
+    main process to read (the slots bound how far ahead a worker gets)."""
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.messages: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._send, daemon=True)
+        self.thread.start()
+
+    def put(self, message: tuple) -> None:
+        self.messages.put(message)
+
+    def _send(self) -> None:
+        while (message := self.messages.get()) is not None:
+            try:
+                self.connection.send(message)
+            except OSError:  # the main process is gone
+                return
+
+    def close(self) -> None:
+        self.messages.put(None)
+        self.thread.join()
+
+
+def _fill(task: WorkerTask, w: int, streams, states, slots: BatchSlots, outbox, free) -> None:
     rows, build = task.rows, functools.partial(stream_loader, task.config)
     loaders = {
         j: iter(build(j, task.count, task.tokenizer, states.get(j), task.sources)) for j in streams
@@ -232,7 +267,7 @@ def _fill(task: WorkerTask, w: int, streams, states, slots: BatchSlots, results,
         for j, loader in loaders.items():
             part = next(loader, None)
             if part is None:
-                results.put(("end", w, n))
+                outbox.put(("end", n))
                 return
             parts[j] = part
         if not _acquire(free):
@@ -243,7 +278,7 @@ def _fill(task: WorkerTask, w: int, streams, states, slots: BatchSlots, results,
             for name, value in batch.items():
                 arrays[name][start : start + rows] = value
         del arrays
-        results.put(("batch", w, n, {str(j): state for j, (_, state) in parts.items()}))
+        outbox.put(("batch", n, {str(j): state for j, (_, state) in parts.items()}))
 
 
 def _acquire(free) -> bool:
