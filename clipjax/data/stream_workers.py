@@ -16,6 +16,7 @@ saying why is named in a `DataWorkerDied` error, never waited for.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import itertools
@@ -24,6 +25,7 @@ import multiprocessing
 import pickle
 import queue
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Iterator
@@ -108,7 +110,8 @@ class StreamWorkers:
             for w, streams in enumerate(self.assignment)
         ]
         for process, (_, writer) in zip(self.processes, pipes, strict=True):
-            process.start()
+            with _main_module_hidden():
+                process.start()
             writer.close()  # the worker's end: its exit, even mid-message, reads as EOF here
         inbox = _Inbox([reader for reader, _ in pipes], self, release)
         try:
@@ -279,6 +282,23 @@ def _fill(task: WorkerTask, w: int, streams, states, slots: BatchSlots, outbox, 
                 arrays[name][start : start + rows] = value
         del arrays
         outbox.put(("batch", n, {str(j): state for j, (_, state) in parts.items()}))
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Starts a spawned worker without re-importing the parent's `__main__` (for
+    `clipjax train`, the CLI with JAX and Flax: seconds and hundreds of MiB per worker).
+    multiprocessing reads `__main__.__spec__` and `__file__` only while `start()` runs."""
+    main = sys.modules["__main__"]
+    saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if k in main.__dict__}
+    main.__spec__ = None
+    main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
+        if "__spec__" not in saved:
+            del main.__spec__
 
 
 def _acquire(free) -> bool:
