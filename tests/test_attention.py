@@ -55,6 +55,7 @@ TOKENS = jnp.array([[5, 6, 7] + [0] * 13, [5] * 16])  # with the CLS appended: 1
     ],
     ids=["plain", "causal", "key-padding", "coca-cls-mask", "cross", "multi-block"],
 )
+@pytest.mark.slow  # CI runs it when time allows: the default suite stays ~15 min
 def test_flash_equals_xla_in_values_and_gradients(q_len, k_len, mask, causal):
     heads, head_dim = (1, 8) if q_len > 500 else (2, 16)
     q, k, v = _qkv(2, q_len, k_len, heads, head_dim)

@@ -22,6 +22,7 @@ def dataset_root(tmp_path, digits_cache):
     return root
 
 
+@pytest.mark.slow  # CI runs it when time allows: the default suite stays ~15 min
 def test_two_datasets_in_one_call_write_one_table_equal_to_the_config_evals(
     trained_run, dataset_root, digits_cache, tmp_path, capsys
 ):

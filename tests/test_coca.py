@@ -243,6 +243,7 @@ def test_greedy_is_argmax_and_one_beam_is_greedy():
 
 
 @pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.slow  # CI runs it when time allows: the default suite stays ~15 min
 def test_cached_decoding_equals_decoding_without_the_cache(scan):
     """A cached step's output equals the full decoder's at that position; greedy and
     beam search pick the same tokens with and without the cache."""
@@ -346,6 +347,7 @@ def logged(workdir, key: str) -> list[float]:
     return [row[key] for row in rows if key in row]
 
 
+@pytest.mark.slow  # CI runs it when time allows: the default suite stays ~15 min
 def test_short_coca_run_on_a_sharded_mesh_lowers_the_loss(tmp_path, digits_cache):
     config = coca_run_config(digits_cache, 30, 32, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
     result = train(config, tmp_path)

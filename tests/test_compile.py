@@ -121,6 +121,7 @@ def tiny_config(family, strategy, tmp_path, batch=64):
 
 @needs_libtpu
 @pytest.mark.parametrize(("family", "strategy"), FAMILY_CASES)
+@pytest.mark.slow  # CI runs it when time allows: the default suite stays ~15 min
 def test_every_family_compiles_for_a_tpu_slice(family, strategy, tmp_path):
     import jax
 
@@ -207,6 +208,7 @@ def test_compile_refuses_a_bad_topology_with_exit_2(capsys):
 
 
 @needs_libtpu
+@pytest.mark.slow  # CI runs it when time allows: the default suite stays ~15 min
 def test_a_host_batch_leaves_hbm_and_waits_in_host_memory(tmp_path):
     from clipjax.aot.compile import compile_for_topology
 
@@ -236,6 +238,7 @@ def test_compile_for_eight_h100s_without_a_gpu(capsys, monkeypatch):
 
 @needs_libtpu
 @pytest.mark.parametrize("attention", ["xla", "flash", "auto"])
+@pytest.mark.slow  # CI runs it when time allows: the default suite stays ~15 min
 def test_the_attention_choice_reaches_the_tpu_compiler(attention, tmp_path):
     """`flash` (and `auto` on TPU) put the Pallas kernel (a Mosaic custom call) in the
     step, forward and backward, and the step compiles; `xla` has no custom call."""

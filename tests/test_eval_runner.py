@@ -35,6 +35,7 @@ def _with_all_kinds(config):
     return config
 
 
+@pytest.mark.slow  # CI runs it when time allows: the default suite stays ~15 min
 def test_digits_evals_on_8_devices_equal_a_direct_computation(tiny_config):
     config = _with_all_kinds(tiny_config)
     mesh = build_mesh({"data": 4, "fsdp": 2, "tensor": 1})

@@ -73,6 +73,7 @@ def family_params():
 
 
 @pytest.mark.parametrize("family", family_params())
+@pytest.mark.slow  # CI runs it when time allows: the default suite stays ~15 min
 def test_same_losses_on_one_and_eight_devices(runs, family):
     _, single = runs(family, "1 device")
     _, sharded = runs(family, "fsdp=4 tensor=2")

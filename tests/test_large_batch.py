@@ -63,6 +63,7 @@ def huge_config(family: str, overrides: list[str], tmp_path):
 
 
 @pytest.mark.parametrize(("name", "family", "overrides"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.slow  # CI runs it when time allows: the default suite stays ~15 min
 def test_train_step_lowers_at_global_batch_4m(name, family, overrides, tmp_path):
     config = huge_config(family, overrides, tmp_path)
     validate(config, 8)

@@ -83,6 +83,7 @@ def _reads(log: Path) -> dict[str, set[str]]:
     return reads
 
 
+@pytest.mark.slow  # CI runs it when time allows: the default suite stays ~15 min
 def test_two_processes_train_like_one_and_hand_over_their_checkpoint(tmp_path, digits_cache):
     """2 processes x 4 devices = 1 process x 8 devices, step for step, with each process
     reading its own shards; the 2-process checkpoint then resumes in 1 process."""
@@ -133,6 +134,7 @@ def _wait_for_rows(metrics: Path, rows: int, processes, timeout: float = 240) ->
 
 
 @pytest.mark.parametrize("victim", [1])
+@pytest.mark.slow  # CI runs it when time allows: the default suite stays ~15 min
 def test_killing_one_process_stops_the_other_and_the_run_resumes(tmp_path, digits_cache, victim):
     launcher = _local_launcher()
     workdir = tmp_path / "run"
@@ -215,6 +217,7 @@ def _slurm_cluster() -> bool:
 
 
 @pytest.mark.skipif(not _slurm_cluster(), reason="no Slurm cluster (SLURM_CONF unset)")
+@pytest.mark.slow  # CI runs it when time allows: the default suite stays ~15 min
 def test_slurm_batch_script_trains_on_a_real_cluster(tmp_path, digits_cache):
     """launch/slurm.sbatch under sbatch: srun starts 2 tasks that find each other."""
     workdir = tmp_path / "run"

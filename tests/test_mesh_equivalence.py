@@ -49,6 +49,7 @@ def runs(tmp_path_factory, digits_cache):
     return results
 
 
+@pytest.mark.slow  # CI runs it when time allows: the default suite stays ~15 min
 def test_losses_equal_across_meshes(runs):
     """Scanned models initialise their stacked blocks with other keys, so they are
     compared with the scanned model on one device."""

@@ -123,6 +123,7 @@ def test_sigterm_saves_at_the_step_reached_and_resume_continues(tmp_path, digits
         stopped_at = step
 
 
+@pytest.mark.slow  # CI runs it when time allows: the default suite stays ~15 min
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path, digits_cache):
     """jax.distributed's preemption sync point: the signalled process and the other one
     save the same step together, exit 75, and both resume from it."""
@@ -216,6 +217,7 @@ def _losses(workdir: Path) -> list[tuple[int, float]]:
     return [(row["step"], row["train/loss"]) for row in rows if "train/loss" in row]
 
 
+@pytest.mark.slow  # CI runs it when time allows: the default suite stays ~15 min
 def test_sigkill_during_training_and_saves_resumes_to_the_same_params(tmp_path, digits_cache):
     _kill_and_resume(tmp_path, digits_cache, kills=2, steps=80)
 
