@@ -181,3 +181,18 @@ def test_a_worker_gone_mid_message_is_named_instead_of_waited_for():
     inbox = _Inbox([reader], workers, InOrderRelease(lambda _: None))
     with pytest.raises(DataWorkerDied, match=r"data worker 0 \(pid \d+, streams 0, 2\) exited"):
         inbox.batch(0)
+
+
+def test_a_release_during_a_release_is_passed_on_not_waited_for():
+    """A collection inside `free` can finalize another batch on the same thread."""
+    freed = []
+
+    def free(batch):
+        freed.append(batch)
+        if batch == 0:
+            release(2)
+
+    release = InOrderRelease(free)
+    release(1)
+    release(0)
+    assert freed == [0, 1, 2] and release.next == 3

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import queue
 import tempfile
 import threading
 import weakref
@@ -107,18 +108,28 @@ class BatchSlots:
 
 class InOrderRelease:
     """Turns slot releases that arrive in any order (garbage collection) into calls of
-    `free(n)` in batch order: batch n is passed on only once batches 0..n-1 are."""
+    `free(n)` in batch order: batch n is passed on only once batches 0..n-1 are.
+
+    Safe from finalizers: a release that arrives on any thread, also while this thread
+    is inside a release (a collection triggered there), is queued and passed on by
+    whoever holds the lock, never waited for."""
 
     def __init__(self, free: Callable[[int], None]):
         self._free = free
         self._lock = threading.Lock()
+        self._arrived: queue.SimpleQueue = queue.SimpleQueue()
         self._done: set[int] = set()
         self.next = 0  # the first batch not yet passed on
 
     def __call__(self, batch: int) -> None:
-        with self._lock:
-            self._done.add(batch)
-            while self.next in self._done:
-                self._done.remove(self.next)
-                self._free(self.next)
-                self.next += 1
+        self._arrived.put(batch)
+        while not self._arrived.empty() and self._lock.acquire(blocking=False):
+            try:
+                while not self._arrived.empty():
+                    self._done.add(self._arrived.get())
+                while self.next in self._done:
+                    self._done.remove(self.next)
+                    self._free(self.next)
+                    self.next += 1
+            finally:
+                self._lock.release()
