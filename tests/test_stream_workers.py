@@ -196,3 +196,22 @@ def test_a_release_during_a_release_is_passed_on_not_waited_for():
     release(1)
     release(0)
     assert freed == [0, 1, 2] and release.next == 3
+
+
+def test_a_process_block_of_streams_gives_its_rows_of_the_one_process_batch(config):
+    """Process 1 of 2 reads streams 2 and 3 in workers: its batches are the second half
+    of one process's batches over all 4 streams, and its states continue them."""
+    from clipjax.data.loader import batch_layout, train_sources
+    from clipjax.data.stream_workers import WorkerTask
+
+    _, whole = _batches(config, 0, 3)
+    tokenizer = build_tokenizer(config.tokenizer)
+    task = WorkerTask(config, tokenizer, train_sources(config.data), 4, 2, batch_layout(config))
+    iterator = iter(StreamWorkers(task, range(2, 4), {}, 2, DataStats()))
+    for want, state in whole:
+        got, got_state = next(iterator)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name][8:], err_msg=name)
+        assert got_state["states"] == {j: state["states"][j] for j in ("2", "3")}
+        del got
+    iterator.close()
