@@ -156,6 +156,10 @@ def shrink(config: ConfigDict, digits_cache: Path, init_from: str) -> None:
             ).items()
         ]
     overrides += ["data.image_size=16", "data.shuffle_buffer=64"]
+    if config.data.get("streams"):  # the recipes' 1,024 streams: 2, for 3 shards of batch 16
+        overrides.append("data.streams=2")
+    if config.data.get("workers"):  # inline, where the reads are recorded (workers: the same)
+        overrides.append("data.workers=0")
     sources = [config.data.source, *(e.source for e in config.evals.values())]
     if "digits" in sources:  # the digits are built (or found) in the cache
         overrides.append(f"data.cache_dir={digits_cache}")

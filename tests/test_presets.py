@@ -33,6 +33,9 @@ def test_published_config_needs_shards_and_validates_with_them():
         validate(config, num_devices=8)
     config.data.train_shards = "/data/{00000..00009}.tar"
     config.train.batch_size = 64
+    with pytest.raises(ValueError, match=r"batch_size=64 is not divisible by data\.streams=1024"):
+        validate(config, num_devices=8)  # the recipe's streams, for its pod batch
+    config.data.streams = 8
     with pytest.raises(ValueError, match=r"needs evals\.imagenet\.dataset_dir"):
         validate(config, num_devices=8)  # the recipe's zero-shot ImageNet eval
     config.evals.imagenet.dataset_dir = "/data/imagenet"
