@@ -35,8 +35,8 @@ def _values_and_grads(implementation, q, k, v, mask, causal):
         out = attend(q, k, v, mask=mask, causal=causal, implementation=implementation)
         return jnp.sum(jnp.sin(out)), out
 
-    # jitted: one executable, so the interpreter's host callbacks never wait on eager
-    # dispatch (an eager run hung once in CI with every thread idle)
+    # jitted: one executable instead of eager per-op dispatch, under which one CI run hung
+    # with every thread idle (not reproduced since; the jitted form has not hung here)
     value_and_grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
     (_, out), grads = value_and_grads(q, k, v)
     return out, grads
